@@ -1,0 +1,3 @@
+//! Detector: per-frame scores → thresholded decisions → per-camera events.
+
+pub mod event;

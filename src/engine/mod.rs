@@ -1,0 +1,81 @@
+//! Engines: the guard-graph compiler and the backends that run its output.
+//!
+//! A guard graph is the classifier plus its backward pass written as ordinary
+//! forward ONNX ops, so every backend runs forward + (guided) backward in one call.
+//! Backends only see ONNX bytes; the compiler only sees the ONNX IR (`crate::onnx`).
+
+pub mod compile;
+pub mod manifest;
+pub mod ort_backend;
+pub mod preprocess;
+pub mod tract_backend;
+
+use ndarray::{Array3, ArrayView2, ArrayView4};
+
+/// Name of the guard graph's class-score output (pre-Softmax logits).
+pub const LOGITS: &str = "logits";
+/// Name of the guard graph's feature-response output (N×C×H×W at input resolution).
+pub const RESPONSE: &str = "response";
+/// Name of the optional seed input (same shape as `logits`) of a graph compiled with `Seed::Input`.
+pub const SEED: &str = "seed";
+
+/// What one guard frame returns.
+#[derive(Debug, Clone)]
+pub struct GuardOutput {
+    /// Pre-Softmax class scores.
+    pub logits: Vec<f32>,
+    /// Feature response for the first batch item, C×H×W in model-input space.
+    pub response: Array3<f32>,
+}
+
+impl GuardOutput {
+    /// Softmax of the logits.
+    pub fn probs(&self) -> Vec<f32> {
+        softmax(&self.logits)
+    }
+}
+
+/// Numerically stable softmax.
+pub fn softmax(x: &[f32]) -> Vec<f32> {
+    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = x.iter().map(|v| (v - m).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.into_iter().map(|v| v / s).collect()
+}
+
+/// Indices of the k largest values, largest first.
+pub fn top_k(x: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..x.len()).collect();
+    idx.sort_by(|&a, &b| x[b].total_cmp(&x[a]));
+    idx.truncate(k);
+    idx
+}
+
+/// Errors from loading or running an engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The model file could not be read or parsed.
+    #[error("model {path}: {msg}")]
+    Model { path: String, msg: String },
+    /// The backend refused the graph or failed while running it.
+    #[error("{backend}: {msg}")]
+    Backend { backend: &'static str, msg: String },
+    /// An input had the wrong shape.
+    #[error("input shape {got:?} does not match the model's {want:?}")]
+    Shape { got: Vec<usize>, want: Vec<usize> },
+}
+
+/// A backend that runs a guard graph: forward + backward in one call.
+pub trait Engine: Send {
+    /// Short backend name for logs and benchmarks ("tract", "ort-cpu", ...).
+    fn backend(&self) -> &str;
+    /// The model input shape, N×C×H×W.
+    fn input_shape(&self) -> [usize; 4];
+    /// Runs one preprocessed input (N must be 1). `seed` is required iff the graph
+    /// was compiled with `Seed::Input`, and has the shape of `logits` (1×classes).
+    fn run(
+        &mut self,
+        input: ArrayView4<f32>,
+        seed: Option<ArrayView2<f32>>,
+    ) -> Result<GuardOutput, EngineError>;
+}

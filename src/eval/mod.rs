@@ -1,0 +1,1 @@
+//! (stage skeleton; filled in by its owner)

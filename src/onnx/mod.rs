@@ -1,0 +1,1 @@
+//! The ONNX model IR: prost types from `tract_onnx::pb`, plus loading and saving.

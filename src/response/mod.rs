@@ -1,0 +1,1 @@
+//! Feature response → gray map → local spatial entropy and region statistics.

@@ -1,0 +1,1 @@
+//! Drawing: colour maps, heat-map overlays, panels and plots.
