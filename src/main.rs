@@ -34,6 +34,8 @@ enum Cmd {
     Attack(cli::attack::Args),
     /// Evaluate detectors against attacks (the paper's Table 1 and 2).
     Eval(cli::eval::Args),
+    /// Alert tools: send a test event through the sinks, drain the spool, show its state.
+    Alert(cli::alert::Args),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => cli::bench::run(a),
         Cmd::Attack(a) => cli::attack::run(a),
         Cmd::Eval(a) => cli::eval::run(a),
+        Cmd::Alert(a) => cli::alert::run(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

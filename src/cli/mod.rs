@@ -1,5 +1,6 @@
 //! One module per subcommand; each has `Args` (clap) and `run`.
 
+pub mod alert;
 pub mod attack;
 pub mod bench;
 pub mod calibrate;
