@@ -5,6 +5,7 @@
 //! Backends only see ONNX bytes; the compiler only sees the ONNX IR (`crate::onnx`).
 
 pub mod compile;
+pub mod guard;
 pub mod manifest;
 pub mod ort_backend;
 pub mod preprocess;
@@ -79,3 +80,4 @@ pub trait Engine: Send {
         seed: Option<ArrayView2<f32>>,
     ) -> Result<GuardOutput, EngineError>;
 }
+pub use guard::{BackendKind, Guard, GuardError, GuardOptions};

@@ -1,1 +1,59 @@
 //! Feature response → gray map → local spatial entropy and region statistics.
+
+pub mod entropy;
+pub mod gray;
+pub mod region;
+
+use ndarray::{Array2, ArrayView3};
+use serde::{Deserialize, Serialize};
+
+pub use gray::GrayMode;
+
+/// How a response is turned into statistics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponseConfig {
+    /// Gray-map conversion.
+    pub gray: GrayMode,
+    /// Histogram bins for the local entropy (≤ 256).
+    pub bins: usize,
+    /// Side of the square window for the concentration statistic, in map pixels.
+    pub window: usize,
+}
+
+impl Default for ResponseConfig {
+    fn default() -> Self {
+        ResponseConfig {
+            gray: GrayMode::default(),
+            bins: 16,
+            window: 56,
+        }
+    }
+}
+
+/// Statistics of one frame's response.
+#[derive(Debug, Clone)]
+pub struct FrameStats {
+    /// The paper's S̄: mean local entropy over 3×3 patches, bits.
+    pub entropy: f64,
+    /// Share of Σ|response| inside the best `window`² box (0–1): high when a patch draws the network.
+    pub concentration: f64,
+    /// That box: x, y, w, h in map pixels.
+    pub bbox: [u32; 4],
+    /// The gray map (H×W, 0–1) the entropy was computed on.
+    pub gray: Array2<f32>,
+}
+
+/// Computes all statistics of a C×H×W response.
+pub fn analyze(response: ArrayView3<f32>, cfg: &ResponseConfig) -> FrameStats {
+    let gray = gray::gray_map(response, cfg.gray);
+    let entropy = entropy::mean_local_entropy(gray.view(), cfg.bins);
+    let mag = gray::magnitude(response);
+    let (concentration, bbox) = region::best_window_share(mag.view(), cfg.window);
+    FrameStats {
+        entropy,
+        concentration,
+        bbox,
+        gray,
+    }
+}

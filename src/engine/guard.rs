@@ -1,0 +1,212 @@
+//! `Guard`: one model, its preprocessing, its compiled guard graph and a backend, behind
+//! one call per frame. This is what `explain`, `score`, `watch` and the attacks use.
+
+use super::compile::{self, CompileOptions};
+use super::manifest::{Manifest, ManifestError, OutputKind};
+use super::preprocess::{ImageError, Preprocess};
+use super::{Engine, EngineError, GuardOutput};
+use ndarray::{Array2, ArrayView3};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// Which backend runs the guard graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendKind {
+    /// tract, pure Rust, CPU (default).
+    #[default]
+    Tract,
+    /// ONNX Runtime, CPU provider.
+    OrtCpu,
+    /// ONNX Runtime, CUDA provider (fails rather than falling back to CPU).
+    OrtCuda,
+    /// ONNX Runtime, TensorRT provider (fails rather than falling back).
+    OrtTensorRt,
+}
+
+impl FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "tract" => Self::Tract,
+            "ort" | "ort-cpu" | "onnxruntime" => Self::OrtCpu,
+            "ort-cuda" | "cuda" => Self::OrtCuda,
+            "ort-tensorrt" | "tensorrt" | "trt" => Self::OrtTensorRt,
+            _ => {
+                return Err(format!(
+                    "unknown backend {s:?} (tract, ort, ort-cuda, tensorrt)"
+                ));
+            }
+        })
+    }
+}
+
+/// How to open a `Guard`.
+#[derive(Debug, Clone, Default)]
+pub struct GuardOptions {
+    /// Explicit model file (`--model`); otherwise the manifest's lookup applies.
+    pub model_path: Option<PathBuf>,
+    /// Backend.
+    pub backend: BackendKind,
+    /// Guard-graph options; `None` runs the plain classifier (logits only, no response).
+    pub compile: Option<CompileOptions>,
+}
+
+/// Errors while opening or running a guard.
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    /// Finding the model failed.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// Reading the ONNX failed.
+    #[error(transparent)]
+    Onnx(#[from] crate::onnx::OnnxError),
+    /// Compiling the guard graph failed.
+    #[error(transparent)]
+    Compile(#[from] compile::CompileError),
+    /// The backend failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// An image could not be used.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+}
+
+/// A model ready to score frames: preprocessing + guard graph + backend.
+pub struct Guard {
+    manifest: Manifest,
+    model_path: PathBuf,
+    engine: Box<dyn Engine>,
+    labels: Vec<String>,
+    calls: u64,
+}
+
+impl Guard {
+    /// Resolves the model, compiles its guard graph and plans it on the chosen backend.
+    pub fn open(manifest: &Manifest, opts: &GuardOptions) -> Result<Guard, GuardError> {
+        let model_path = manifest.resolve_model(opts.model_path.as_deref())?;
+        let model = crate::onnx::load(&model_path)?;
+        let s = manifest.preprocess.size as usize;
+        let shape = [1, 3, s, s];
+        let graph = match &opts.compile {
+            Some(c) => {
+                let mut c = c.clone();
+                c.input_shape.get_or_insert(shape);
+                if c.seed == compile::Seed::LastConv
+                    && let Some(t) = &manifest.trace
+                {
+                    c.seed = compile::Seed::Tensor(t.clone());
+                }
+                compile::compile(&model, &c)?
+            }
+            None => model,
+        };
+        let engine = open_engine(&graph, &manifest.input, shape, opts.backend)?;
+        let classes = 1000;
+        let labels = manifest.labels(classes);
+        Ok(Guard {
+            manifest: manifest.clone(),
+            model_path,
+            engine,
+            labels,
+            calls: 0,
+        })
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Where the model was found.
+    pub fn model_path(&self) -> &Path {
+        &self.model_path
+    }
+
+    /// The preprocessing.
+    pub fn preprocess(&self) -> &Preprocess {
+        &self.manifest.preprocess
+    }
+
+    /// Square input size in pixels.
+    pub fn size(&self) -> u32 {
+        self.manifest.preprocess.size
+    }
+
+    /// Class names by index.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// Backend name.
+    pub fn backend(&self) -> &str {
+        self.engine.backend()
+    }
+
+    /// Number of engine calls so far.
+    pub fn calls(&self) -> u64 {
+        self.calls
+    }
+
+    /// Runs one size × size, tightly packed RGB8 frame.
+    pub fn run_rgb8(&mut self, rgb: &[u8], w: u32, h: u32) -> Result<GuardOutput, GuardError> {
+        let t = self.manifest.preprocess.tensor_from_rgb8(rgb, w, h)?;
+        self.calls += 1;
+        let out = self.engine.run(t.view(), None)?;
+        Ok(self.fix(out))
+    }
+
+    /// Runs H×W×3 float RGB pixels (0–255).
+    pub fn run_pixels(&mut self, px: ArrayView3<f32>) -> Result<GuardOutput, GuardError> {
+        let t = self.manifest.preprocess.tensor(px);
+        self.calls += 1;
+        let out = self.engine.run(t.view(), None)?;
+        Ok(self.fix(out))
+    }
+
+    /// Runs pixels with an external seed on the logits (graphs compiled with `Seed::Input`);
+    /// `response` is then the gradient of `seed · logits` w.r.t. the model input.
+    pub fn run_pixels_seeded(
+        &mut self,
+        px: ArrayView3<f32>,
+        seed: &[f32],
+    ) -> Result<GuardOutput, GuardError> {
+        let t = self.manifest.preprocess.tensor(px);
+        let s = Array2::from_shape_vec((1, seed.len()), seed.to_vec()).map_err(|e| {
+            EngineError::Backend {
+                backend: "guard",
+                msg: e.to_string(),
+            }
+        })?;
+        self.calls += 1;
+        let out = self.engine.run(t.view(), Some(s.view()))?;
+        Ok(self.fix(out))
+    }
+
+    /// A plain classifier graph returns probabilities when the model ends in Softmax;
+    /// turn them back into log-probabilities so `logits` always means pre-Softmax scores.
+    fn fix(&self, mut out: GuardOutput) -> GuardOutput {
+        if out.response.is_empty() && self.manifest.output == OutputKind::Probabilities {
+            for v in out.logits.iter_mut() {
+                *v = v.max(1e-30).ln();
+            }
+        }
+        out
+    }
+}
+
+/// Plans a graph on a backend.
+pub fn open_engine(
+    graph: &crate::onnx::ModelProto,
+    input: &str,
+    shape: [usize; 4],
+    backend: BackendKind,
+) -> Result<Box<dyn Engine>, EngineError> {
+    Ok(match backend {
+        BackendKind::Tract => {
+            Box::new(super::tract_backend::TractEngine::new(graph, input, shape)?)
+        }
+        other => Box::new(super::ort_backend::OrtEngine::new(
+            graph, input, shape, other,
+        )?),
+    })
+}
