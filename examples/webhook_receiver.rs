@@ -10,7 +10,6 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::collections::{HashSet, VecDeque};
-use std::io::Read;
 
 /// Constant-time check of `sha256=<hex>` against HMAC-SHA256(secret, body).
 fn verify(secret: &[u8], body: &[u8], header: &str) -> bool {

@@ -138,11 +138,13 @@ fn start_update_end_and_snapshot_reach_a_subscriber() {
     let dir = tempfile::tempdir().unwrap();
     let (_sub, rx) = subscribe(broker.port, "agx");
     let f = AlertFile::parse(&config(dir.path(), broker.port, "agx")).unwrap();
-    let hub = AlertHub::start(&f.sink, &f.spool, &AlertsConfig::default()).unwrap();
+    let alerts = AlertsConfig { cooldown_secs: 30.0, update_interval_secs: 0.3 };
+    let hub = AlertHub::start(&f.sink, &f.spool, &alerts).unwrap();
     let jpeg = Arc::new(vec![0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3, 0xFF, 0xD9]);
     hub.submit(ev("e1", 0, Phase::Start, Some(jpeg.clone())));
+    std::thread::sleep(Duration::from_millis(400));
     hub.submit(ev("e1", 1, Phase::Update, None));
-    hub.submit(ev("e1", 2, Phase::Update, None)); // throttled by [alerts] defaults (10 s)
+    hub.submit(ev("e1", 2, Phase::Update, None)); // throttled: < 0.3 s after the last update
     hub.submit(ev("e1", 3, Phase::End, None));
 
     let online = wait_for(&rx, Duration::from_secs(10), |m| m.topic == "agx/available").expect("availability");

@@ -7,7 +7,7 @@ use advguard::alert::config::{AlertFile, AlertsConfig};
 use advguard::alert::sink::{sign, verify_signature};
 use advguard::detector::event::{Event, Phase};
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -63,7 +63,7 @@ impl Receiver {
                 for mut req in server.incoming_requests() {
                     let mut body = Vec::new();
                     req.as_reader().read_to_end(&mut body).unwrap();
-                    let header = |name: &str| {
+                    let header = |name: &'static str| {
                         req.headers().iter().find(|h| h.field.equiv(name)).map(|h| h.value.as_str().to_string())
                     };
                     let sig = header("X-Advguard-Signature").unwrap_or_default();

@@ -29,7 +29,7 @@ pub enum SpoolError {
     Corrupt(u64, String),
 }
 
-fn db<E: std::fmt::Display>(e: E) -> SpoolError {
+fn dberr<E: std::fmt::Display>(e: E) -> SpoolError {
     SpoolError::Db(e.to_string())
 }
 
@@ -95,17 +95,17 @@ impl Spool {
         };
         let txn = db.begin_write().map_err(db_err)?;
         {
-            let _ = txn.open_table(EVENTS).map_err(db)?;
-            let meta = txn.open_table(META).map_err(db)?;
-            let next = meta.get("next_seq").map_err(db)?.map(|v| v.value()).unwrap_or(0);
-            let mut cur = txn.open_table(CURSORS).map_err(db)?;
+            let _ = txn.open_table(EVENTS).map_err(dberr)?;
+            let meta = txn.open_table(META).map_err(dberr)?;
+            let next = meta.get("next_seq").map_err(dberr)?.map(|v| v.value()).unwrap_or(0);
+            let mut cur = txn.open_table(CURSORS).map_err(dberr)?;
             for s in sinks {
-                if cur.get(s.as_str()).map_err(db)?.is_none() {
-                    cur.insert(s.as_str(), next).map_err(db)?;
+                if cur.get(s.as_str()).map_err(dberr)?.is_none() {
+                    cur.insert(s.as_str(), next).map_err(dberr)?;
                 }
             }
         }
-        txn.commit().map_err(db)?;
+        txn.commit().map_err(dberr)?;
         Ok(Arc::new(Spool { db, max_events: max_events.max(1), sinks: sinks.to_vec() }))
     }
 
@@ -114,45 +114,45 @@ impl Spool {
         if events.is_empty() {
             return Ok(Appended::default());
         }
-        let mut txn = self.db.begin_write().map_err(db)?;
+        let mut txn = self.db.begin_write().map_err(dberr)?;
         txn.set_durability(Durability::Immediate);
         let mut out = Appended::default();
         {
-            let mut meta = txn.open_table(META).map_err(db)?;
-            let mut next = meta.get("next_seq").map_err(db)?.map(|v| v.value()).unwrap_or(0);
-            let mut dropped = meta.get("dropped").map_err(db)?.map(|v| v.value()).unwrap_or(0);
-            let mut tab = txn.open_table(EVENTS).map_err(db)?;
+            let mut meta = txn.open_table(META).map_err(dberr)?;
+            let mut next = meta.get("next_seq").map_err(dberr)?.map(|v| v.value()).unwrap_or(0);
+            let mut dropped = meta.get("dropped").map_err(dberr)?.map(|v| v.value()).unwrap_or(0);
+            let mut tab = txn.open_table(EVENTS).map_err(dberr)?;
             let t = now_ms();
             for ev in events {
-                while tab.len().map_err(db)? >= self.max_events {
-                    if tab.pop_first().map_err(db)?.is_none() {
+                while tab.len().map_err(dberr)? >= self.max_events {
+                    if tab.pop_first().map_err(dberr)?.is_none() {
                         break;
                     }
                     out.dropped += 1;
                 }
-                tab.insert(next, encode(ev, t).as_slice()).map_err(db)?;
+                tab.insert(next, encode(ev, t).as_slice()).map_err(dberr)?;
                 next += 1;
                 out.written += 1;
             }
             dropped += out.dropped;
-            meta.insert("next_seq", next).map_err(db)?;
-            meta.insert("dropped", dropped).map_err(db)?;
+            meta.insert("next_seq", next).map_err(dberr)?;
+            meta.insert("dropped", dropped).map_err(dberr)?;
         }
-        txn.commit().map_err(db)?;
+        txn.commit().map_err(dberr)?;
         Ok(out)
     }
 
     /// The next event `sink` has to deliver.
     pub fn next_for(&self, sink: &str) -> Result<Option<Record>, SpoolError> {
-        let txn = self.db.begin_read().map_err(db)?;
-        let cur = txn.open_table(CURSORS).map_err(db)?;
-        let from = cur.get(sink).map_err(db)?.map(|v| v.value()).unwrap_or(0);
-        let tab = txn.open_table(EVENTS).map_err(db)?;
-        let mut it = tab.range(from..).map_err(db)?;
+        let txn = self.db.begin_read().map_err(dberr)?;
+        let cur = txn.open_table(CURSORS).map_err(dberr)?;
+        let from = cur.get(sink).map_err(dberr)?.map(|v| v.value()).unwrap_or(0);
+        let tab = txn.open_table(EVENTS).map_err(dberr)?;
+        let mut it = tab.range(from..).map_err(dberr)?;
         match it.next() {
             None => Ok(None),
             Some(r) => {
-                let (k, v) = r.map_err(db)?;
+                let (k, v) = r.map_err(dberr)?;
                 let seq = k.value();
                 let (queued_at_ms, event) = decode(v.value()).map_err(|m| SpoolError::Corrupt(seq, m))?;
                 Ok(Some(Record { seq, queued_at_ms, event }))
@@ -164,41 +164,41 @@ impl Spool {
     /// The cursor is committed with eventual durability: after a crash a few events may be
     /// delivered again (at least once), never skipped.
     pub fn ack(&self, sink: &str, seq: u64) -> Result<(), SpoolError> {
-        let mut txn = self.db.begin_write().map_err(db)?;
+        let mut txn = self.db.begin_write().map_err(dberr)?;
         txn.set_durability(Durability::Eventual);
         {
-            let mut cur = txn.open_table(CURSORS).map_err(db)?;
-            let old = cur.get(sink).map_err(db)?.map(|v| v.value()).unwrap_or(0);
+            let mut cur = txn.open_table(CURSORS).map_err(dberr)?;
+            let old = cur.get(sink).map_err(dberr)?.map(|v| v.value()).unwrap_or(0);
             if seq + 1 > old {
-                cur.insert(sink, seq + 1).map_err(db)?;
+                cur.insert(sink, seq + 1).map_err(dberr)?;
             }
             let mut min = u64::MAX;
             for s in &self.sinks {
-                let c = cur.get(s.as_str()).map_err(db)?.map(|v| v.value()).unwrap_or(0);
+                let c = cur.get(s.as_str()).map_err(dberr)?.map(|v| v.value()).unwrap_or(0);
                 min = min.min(c);
             }
             if min != u64::MAX {
-                let mut tab = txn.open_table(EVENTS).map_err(db)?;
-                tab.retain_in(..min, |_, _| false).map_err(db)?;
+                let mut tab = txn.open_table(EVENTS).map_err(dberr)?;
+                tab.retain_in(..min, |_, _| false).map_err(dberr)?;
             }
         }
-        txn.commit().map_err(db)?;
+        txn.commit().map_err(dberr)?;
         Ok(())
     }
 
     /// Backlog of `sink`.
     pub fn backlog(&self, sink: &str) -> Result<Backlog, SpoolError> {
-        let txn = self.db.begin_read().map_err(db)?;
-        let cur = txn.open_table(CURSORS).map_err(db)?;
-        let meta = txn.open_table(META).map_err(db)?;
-        let next = meta.get("next_seq").map_err(db)?.map(|v| v.value()).unwrap_or(0);
-        let from = cur.get(sink).map_err(db)?.map(|v| v.value()).unwrap_or(next);
-        let tab = txn.open_table(EVENTS).map_err(db)?;
-        let mut it = tab.range(from..).map_err(db)?;
+        let txn = self.db.begin_read().map_err(dberr)?;
+        let cur = txn.open_table(CURSORS).map_err(dberr)?;
+        let meta = txn.open_table(META).map_err(dberr)?;
+        let next = meta.get("next_seq").map_err(dberr)?.map(|v| v.value()).unwrap_or(0);
+        let from = cur.get(sink).map_err(dberr)?.map(|v| v.value()).unwrap_or(next);
+        let tab = txn.open_table(EVENTS).map_err(dberr)?;
+        let mut it = tab.range(from..).map_err(dberr)?;
         match it.next() {
             None => Ok(Backlog::default()),
             Some(r) => {
-                let (k, v) = r.map_err(db)?;
+                let (k, v) = r.map_err(dberr)?;
                 let first = k.value();
                 let t = decode_time(v.value());
                 Ok(Backlog { queued: next.saturating_sub(first), oldest_queued_at_ms: t })
@@ -208,9 +208,9 @@ impl Spool {
 
     /// Events in the spool (pending for at least one sink).
     pub fn len(&self) -> Result<u64, SpoolError> {
-        let txn = self.db.begin_read().map_err(db)?;
-        let tab = txn.open_table(EVENTS).map_err(db)?;
-        tab.len().map_err(db)
+        let txn = self.db.begin_read().map_err(dberr)?;
+        let tab = txn.open_table(EVENTS).map_err(dberr)?;
+        tab.len().map_err(dberr)
     }
 
     /// True when the spool holds no event.
@@ -220,14 +220,14 @@ impl Spool {
 
     /// Total events ever dropped because the spool was full.
     pub fn dropped_total(&self) -> Result<u64, SpoolError> {
-        let txn = self.db.begin_read().map_err(db)?;
-        let meta = txn.open_table(META).map_err(db)?;
-        Ok(meta.get("dropped").map_err(db)?.map(|v| v.value()).unwrap_or(0))
+        let txn = self.db.begin_read().map_err(dberr)?;
+        let meta = txn.open_table(META).map_err(dberr)?;
+        Ok(meta.get("dropped").map_err(dberr)?.map(|v| v.value()).unwrap_or(0))
     }
 }
 
 fn db_err(e: redb::TransactionError) -> SpoolError {
-    db(e)
+    dberr(e)
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
