@@ -301,3 +301,17 @@ fn submit_never_blocks_and_metrics_encode() {
     assert_eq!(st[0].delivered, 0);
     assert!(st[0].queued > 0);
 }
+
+#[test]
+fn hub_is_send_sync_and_works_without_sinks() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<AlertHub>();
+    assert_send_sync::<advguard::alert::AlertHandle>();
+    let dir = tempfile::tempdir().unwrap();
+    let f = hub_toml(dir.path(), "");
+    let hub = AlertHub::start(&f.sink, &f.spool, &AlertsConfig::default()).unwrap();
+    hub.handle().submit(ev("z", 0, Phase::Start, "c"));
+    assert!(hub.wait_idle(Duration::from_secs(5)));
+    assert!(hub.shutdown(Duration::from_secs(1)).is_empty());
+    assert!(!dir.path().join("spool.redb").exists());
+}

@@ -109,7 +109,8 @@ struct Worker {
 /// The alert hub: owns the spool, the spool-writer thread and one worker per sink.
 pub struct AlertHub {
     handle: AlertHandle,
-    spool: Arc<Spool>,
+    /// `None` when no sink is configured: nothing is spooled then.
+    spool: Option<Arc<Spool>>,
     writer: Option<JoinHandle<()>>,
     workers: Vec<Worker>,
     draining: Arc<AtomicBool>,
@@ -141,7 +142,12 @@ impl AlertHub {
         let resolved = config::resolve_sinks(sinks)?;
         let path = spool.resolved_path()?;
         let names: Vec<String> = resolved.iter().map(|(n, _)| n.clone()).collect();
-        let spool_db = Spool::open(&path, spool.max_events, &names)?;
+        let spool_db = if names.is_empty() {
+            tracing::info!("no [[sink]] configured: alerts are not spooled or delivered");
+            None
+        } else {
+            Some(Spool::open(&path, spool.max_events, &names)?)
+        };
         let mut built: Vec<(Box<dyn Sink>, &'static str)> = Vec::new();
         for (i, (name, cfg)) in resolved.iter().enumerate() {
             let s = sink::build(name, cfg).map_err(|e| anyhow::anyhow!("sink[{i}] ({name}): {e}"))?;
@@ -165,7 +171,7 @@ impl AlertHub {
             let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
             let (done_tx, done_rx) = crossbeam_channel::bounded(1);
             let ctx = WorkerCtx {
-                spool: spool_db.clone(),
+                spool: spool_db.clone().expect("spool opened when sinks exist"),
                 shared: shared.clone(),
                 wake: wake_rx,
                 stop: stop_rx.clone(),
@@ -229,7 +235,7 @@ impl AlertHub {
             .iter()
             .map(|w| {
                 let l = AlertMetrics::sink(&w.name);
-                let b = self.spool.backlog(&w.name).unwrap_or_default();
+                let b = self.spool.as_ref().and_then(|s| s.backlog(&w.name).ok()).unwrap_or_default();
                 SinkStatus {
                     name: w.name.clone(),
                     kind: w.kind,
@@ -247,7 +253,7 @@ impl AlertHub {
     pub fn is_idle(&self) -> bool {
         let s = &self.handle.shared;
         s.processed.load(Ordering::SeqCst) >= s.accepted.load(Ordering::SeqCst)
-            && self.workers.iter().all(|w| self.spool.backlog(&w.name).map(|b| b.queued == 0).unwrap_or(false))
+            && self.workers.iter().all(|w| self.spool.as_ref().is_some_and(|s| s.backlog(&w.name).is_ok_and(|b| b.queued == 0)))
     }
 
     /// Waits until [`is_idle`](Self::is_idle) or the timeout; returns whether idle.
@@ -406,7 +412,7 @@ fn run_worker(mut sink: Box<dyn Sink>, ctx: WorkerCtx) {
     sink.close(Duration::from_secs(2));
 }
 
-fn run_writer(rx: Receiver<Msg>, spool: Arc<Spool>, shared: Arc<Shared>, wakes: Vec<Sender<()>>, mut filter: NoiseFilter) {
+fn run_writer(rx: Receiver<Msg>, spool: Option<Arc<Spool>>, shared: Arc<Shared>, wakes: Vec<Sender<()>>, mut filter: NoiseFilter) {
     let mut shutdown = false;
     while !shutdown {
         let first = match rx.recv() {
@@ -435,7 +441,7 @@ fn run_writer(rx: Receiver<Msg>, spool: Arc<Spool>, shared: Arc<Shared>, wakes: 
                 Err(_) => break,
             }
         }
-        if !batch.is_empty() {
+        if let (false, Some(spool)) = (batch.is_empty(), &spool) {
             match spool.append(&batch) {
                 Ok(a) => {
                     shared.metrics.spooled.inc_by(a.written);
