@@ -13,18 +13,25 @@ use std::collections::{HashSet, VecDeque};
 
 /// Constant-time check of `sha256=<hex>` against HMAC-SHA256(secret, body).
 fn verify(secret: &[u8], body: &[u8], header: &str) -> bool {
-    let Some(hex_sig) = header.trim().strip_prefix("sha256=") else { return false };
-    let Ok(sig) = hex::decode(hex_sig) else { return false };
+    let Some(hex_sig) = header.trim().strip_prefix("sha256=") else {
+        return false;
+    };
+    let Ok(sig) = hex::decode(hex_sig) else {
+        return false;
+    };
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
     mac.update(body);
     mac.verify_slice(&sig).is_ok()
 }
 
 fn main() -> anyhow::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8099".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:8099".into());
     let secret = std::env::var("ADVGUARD_WEBHOOK_SECRET")
         .map_err(|_| anyhow::anyhow!("set ADVGUARD_WEBHOOK_SECRET to the sink's secret"))?;
-    let server = tiny_http::Server::http(&addr).map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
+    let server =
+        tiny_http::Server::http(&addr).map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
     eprintln!("listening on http://{addr}/");
     // Remember the last 10 000 ids.
     let (mut seen, mut order) = (HashSet::new(), VecDeque::new());
@@ -41,13 +48,15 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or_default();
         if !verify(secret.as_bytes(), &body, &sig) {
             eprintln!("rejected: bad signature");
-            let _ = req.respond(tiny_http::Response::from_string("bad signature").with_status_code(401));
+            let _ = req
+                .respond(tiny_http::Response::from_string("bad signature").with_status_code(401));
             continue;
         }
         let ev: serde_json::Value = match serde_json::from_slice(&body) {
             Ok(v) => v,
             Err(e) => {
-                let _ = req.respond(tiny_http::Response::from_string(e.to_string()).with_status_code(400));
+                let _ = req
+                    .respond(tiny_http::Response::from_string(e.to_string()).with_status_code(400));
                 continue;
             }
         };
@@ -59,10 +68,10 @@ fn main() -> anyhow::Result<()> {
             continue;
         }
         order.push_back(id.clone());
-        if order.len() > 10_000 {
-            if let Some(old) = order.pop_front() {
-                seen.remove(&old);
-            }
+        if order.len() > 10_000
+            && let Some(old) = order.pop_front()
+        {
+            seen.remove(&old);
         }
         println!(
             "{} {} camera={} score={} snapshot={}",

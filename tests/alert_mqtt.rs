@@ -14,7 +14,11 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_advguard");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Broker {
@@ -28,7 +32,11 @@ impl Broker {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")).unwrap();
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .unwrap();
         let child = Command::new("/usr/sbin/mosquitto")
             .arg("-c")
             .arg(&conf)
@@ -38,10 +46,17 @@ impl Broker {
             .expect("mosquitto installed");
         let t0 = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(t0.elapsed() < Duration::from_secs(10), "mosquitto did not start");
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "mosquitto did not start"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Broker { child, port, _dir: dir }
+        Broker {
+            child,
+            port,
+            _dir: dir,
+        }
     }
 }
 
@@ -65,7 +80,9 @@ fn subscribe(port: u16, prefix: &str) -> (Client, Receiver<Msg>) {
     opts.set_keep_alive(Duration::from_secs(5));
     opts.set_max_packet_size(16 << 20, 16 << 20);
     let (client, mut conn) = Client::new(opts, 16);
-    client.subscribe(format!("{prefix}/#"), QoS::AtLeastOnce).unwrap();
+    client
+        .subscribe(format!("{prefix}/#"), QoS::AtLeastOnce)
+        .unwrap();
     let (tx, rx) = crossbeam_channel::unbounded();
     let (sub_tx, sub_rx) = crossbeam_channel::bounded(1);
     std::thread::spawn(move || {
@@ -75,7 +92,11 @@ fn subscribe(port: u16, prefix: &str) -> (Client, Receiver<Msg>) {
                     let _ = sub_tx.try_send(());
                 }
                 Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => {
-                    let m = Msg { topic: p.topic.clone(), payload: p.payload.to_vec(), retain: p.retain };
+                    let m = Msg {
+                        topic: p.topic.clone(),
+                        payload: p.payload.to_vec(),
+                        retain: p.retain,
+                    };
                     if tx.send(m).is_err() {
                         break;
                     }
@@ -85,7 +106,9 @@ fn subscribe(port: u16, prefix: &str) -> (Client, Receiver<Msg>) {
             }
         }
     });
-    sub_rx.recv_timeout(Duration::from_secs(10)).expect("SUBACK");
+    sub_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("SUBACK");
     (client, rx)
 }
 
@@ -138,7 +161,10 @@ fn start_update_end_and_snapshot_reach_a_subscriber() {
     let dir = tempfile::tempdir().unwrap();
     let (_sub, rx) = subscribe(broker.port, "agx");
     let f = AlertFile::parse(&config(dir.path(), broker.port, "agx")).unwrap();
-    let alerts = AlertsConfig { cooldown_secs: 30.0, update_interval_secs: 0.3 };
+    let alerts = AlertsConfig {
+        cooldown_secs: 30.0,
+        update_interval_secs: 0.3,
+    };
     let hub = AlertHub::start(&f.sink, &f.spool, &alerts).unwrap();
     let jpeg = Arc::new(vec![0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3, 0xFF, 0xD9]);
     hub.submit(ev("e1", 0, Phase::Start, Some(jpeg.clone())));
@@ -147,13 +173,16 @@ fn start_update_end_and_snapshot_reach_a_subscriber() {
     hub.submit(ev("e1", 2, Phase::Update, None)); // throttled: < 0.3 s after the last update
     hub.submit(ev("e1", 3, Phase::End, None));
 
-    let online = wait_for(&rx, Duration::from_secs(10), |m| m.topic == "agx/available").expect("availability");
+    let online = wait_for(&rx, Duration::from_secs(10), |m| m.topic == "agx/available")
+        .expect("availability");
     assert_eq!(online.payload, b"online");
     let mut phases = Vec::new();
     let mut snapshot = None;
     let deadline = Instant::now() + Duration::from_secs(15);
     while (phases.len() < 3 || snapshot.is_none()) && Instant::now() < deadline {
-        let Some(m) = wait_for(&rx, Duration::from_millis(200), |_| true) else { continue };
+        let Some(m) = wait_for(&rx, Duration::from_millis(200), |_| true) else {
+            continue;
+        };
         match m.topic.as_str() {
             "agx/events" => {
                 let e: Event = serde_json::from_slice(&m.payload).unwrap();
@@ -165,17 +194,27 @@ fn start_update_end_and_snapshot_reach_a_subscriber() {
     }
     assert_eq!(
         phases,
-        vec![(Phase::Start, "e1-0".into()), (Phase::Update, "e1-1".into()), (Phase::End, "e1-3".into())]
+        vec![
+            (Phase::Start, "e1-0".into()),
+            (Phase::Update, "e1-1".into()),
+            (Phase::End, "e1-3".into())
+        ]
     );
     assert_eq!(snapshot.expect("snapshot").payload, *jpeg);
     assert!(hub.wait_idle(Duration::from_secs(5)));
     let m = hub.metrics();
-    let throttled = m.suppressed.get_or_create(&ReasonLabel { reason: "throttle".into() }).get();
+    let throttled = m
+        .suppressed
+        .get_or_create(&ReasonLabel {
+            reason: "throttle".into(),
+        })
+        .get();
     assert_eq!(throttled, 1);
 
     // Clean shutdown publishes offline (retained).
     hub.shutdown(Duration::from_secs(5));
-    let off = wait_for(&rx, Duration::from_secs(10), |m| m.topic == "agx/available").expect("offline");
+    let off =
+        wait_for(&rx, Duration::from_secs(10), |m| m.topic == "agx/available").expect("offline");
     assert_eq!(off.payload, b"offline");
 }
 
@@ -195,9 +234,12 @@ fn last_will_offline_when_process_is_killed() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     assert!(line.starts_with("spooled 3"), "{line}");
-    let online = wait_for(&rx, Duration::from_secs(10), |m| m.topic == "lwt/available").expect("online");
+    let online =
+        wait_for(&rx, Duration::from_secs(10), |m| m.topic == "lwt/available").expect("online");
     assert_eq!(online.payload, b"online");
     let mut n_events = 0;
     let mut snap = false;
@@ -218,11 +260,13 @@ fn last_will_offline_when_process_is_killed() {
     assert_eq!((n_events, snap), (3, true));
     child.kill().unwrap(); // SIGKILL: no clean offline, the broker sends the Last Will
     child.wait().unwrap();
-    let off = wait_for(&rx, Duration::from_secs(15), |m| m.topic == "lwt/available").expect("last will");
+    let off =
+        wait_for(&rx, Duration::from_secs(15), |m| m.topic == "lwt/available").expect("last will");
     assert_eq!(off.payload, b"offline");
     // It is retained: a new subscriber sees offline.
     let (_sub2, rx2) = subscribe(broker.port, "lwt");
-    let m = wait_for(&rx2, Duration::from_secs(5), |m| m.topic == "lwt/available").expect("retained");
+    let m =
+        wait_for(&rx2, Duration::from_secs(5), |m| m.topic == "lwt/available").expect("retained");
     assert!(m.retain && m.payload == b"offline");
 }
 
@@ -233,17 +277,40 @@ fn broker_down_at_first_then_up_delivers_spooled_events() {
     let f = AlertFile::parse(&config(dir.path(), port, "late")).unwrap();
     let hub = AlertHub::start(&f.sink, &f.spool, &AlertsConfig::pass_all()).unwrap();
     for i in 0..5 {
-        hub.submit(ev("late", i, if i == 0 { Phase::Start } else { Phase::Update }, None));
+        hub.submit(ev(
+            "late",
+            i,
+            if i == 0 { Phase::Start } else { Phase::Update },
+            None,
+        ));
     }
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(hub.sink_status()[0].queued, 5);
     // Start the broker on that port now.
     let bdir = tempfile::tempdir().unwrap();
     let conf = bdir.path().join("m.conf");
-    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\n")).unwrap();
-    let child = Command::new("/usr/sbin/mosquitto").arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let _broker = Broker { child, port, _dir: bdir };
-    assert!(hub.wait_idle(Duration::from_secs(30)), "{:?}", hub.sink_status());
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+    )
+    .unwrap();
+    let child = Command::new("/usr/sbin/mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _broker = Broker {
+        child,
+        port,
+        _dir: bdir,
+    };
+    assert!(
+        hub.wait_idle(Duration::from_secs(30)),
+        "{:?}",
+        hub.sink_status()
+    );
     let st = hub.shutdown(Duration::from_secs(3));
     assert_eq!(st[0].delivered, 5);
 }

@@ -1,9 +1,11 @@
 //! Alert stage without network: config errors, noise control, spool, file and exec sinks.
 
-use advguard::alert::config::{AlertFile, AlertsConfig, SinkConfig, SpoolConfig, expand_env, resolve_sinks};
+use advguard::alert::AlertHub;
+use advguard::alert::config::{
+    AlertFile, AlertsConfig, SinkConfig, SpoolConfig, expand_env, resolve_sinks,
+};
 use advguard::alert::noise::{NoiseFilter, Verdict};
 use advguard::alert::spool::Spool;
-use advguard::alert::AlertHub;
 use advguard::detector::event::{Event, Phase};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,21 +93,30 @@ fn config_errors_name_the_key() {
 
     let e = parse_err("[[sink]]\nkind = \"webhook\"\nurl = \"ftp://x/y\"\n");
     assert!(e.contains("sink[0].url") && e.contains("bad URL"), "{e}");
-    let e = parse_err("[[sink]]\nkind = \"file\"\npath = \"/tmp/a\"\n[[sink]]\nkind = \"webhook\"\nurl = \"http://\"\n");
+    let e = parse_err(
+        "[[sink]]\nkind = \"file\"\npath = \"/tmp/a\"\n[[sink]]\nkind = \"webhook\"\nurl = \"http://\"\n",
+    );
     assert!(e.contains("sink[1].url"), "{e}");
 
     let e = parse_err(
         "[[sink]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/\"\nsecret = \"${ADVGUARD_TEST_SURELY_UNSET_VAR}\"\n",
     );
-    assert!(e.contains("sink[0].secret") && e.contains("ADVGUARD_TEST_SURELY_UNSET_VAR"), "{e}");
+    assert!(
+        e.contains("sink[0].secret") && e.contains("ADVGUARD_TEST_SURELY_UNSET_VAR"),
+        "{e}"
+    );
 
     let e = parse_err("[[sink]]\nkind = \"webhook\"\nurll = \"http://x/\"\n");
     assert!(e.contains("urll"), "{e}");
     let e = parse_err("[[sink]]\nurl = \"http://x/\"\n");
     assert!(e.contains("`kind`"), "{e}");
-    let e = toml::from_str::<SpoolConfig>("max_event = 3").unwrap_err().to_string();
+    let e = toml::from_str::<SpoolConfig>("max_event = 3")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("max_event"), "{e}");
-    let e = toml::from_str::<AlertsConfig>("cooldown = 3").unwrap_err().to_string();
+    let e = toml::from_str::<AlertsConfig>("cooldown = 3")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("cooldown"), "{e}");
 }
 
@@ -113,8 +124,13 @@ fn config_errors_name_the_key() {
 fn expand_env_substitutes_and_names_missing() {
     // SAFETY: single-threaded use of a variable no other test touches.
     unsafe { std::env::set_var("ADVGUARD_TEST_SECRET_X", "s3cr3t") };
-    assert_eq!(expand_env("a${ADVGUARD_TEST_SECRET_X}b$$c$d").unwrap(), "as3cr3tb$c$d");
-    let e = expand_env("${ADVGUARD_TEST_NOPE_NOPE}").unwrap_err().to_string();
+    assert_eq!(
+        expand_env("a${ADVGUARD_TEST_SECRET_X}b$$c$d").unwrap(),
+        "as3cr3tb$c$d"
+    );
+    let e = expand_env("${ADVGUARD_TEST_NOPE_NOPE}")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("ADVGUARD_TEST_NOPE_NOPE"), "{e}");
     assert!(expand_env("${unterminated").is_err());
 }
@@ -144,18 +160,36 @@ fn noise_lasting_event_gives_one_start_throttled_updates_one_end() {
     assert_eq!(updates, 6, "{passed:?}"); // at 10, 20, ..., 60 s
 
     // Flapping: a new start 5 s after the end is suppressed with its end...
-    assert!(matches!(f.filter(ev("c", 0, Phase::Start, "cam"), s(66)), Verdict::Suppress("cooldown")));
-    assert!(matches!(f.filter(ev("c", 1, Phase::Update, "cam"), s(70)), Verdict::Suppress("cooldown")));
-    assert!(matches!(f.filter(ev("c", 2, Phase::End, "cam"), s(71)), Verdict::Suppress("cooldown")));
+    assert!(matches!(
+        f.filter(ev("c", 0, Phase::Start, "cam"), s(66)),
+        Verdict::Suppress("cooldown")
+    ));
+    assert!(matches!(
+        f.filter(ev("c", 1, Phase::Update, "cam"), s(70)),
+        Verdict::Suppress("cooldown")
+    ));
+    assert!(matches!(
+        f.filter(ev("c", 2, Phase::End, "cam"), s(71)),
+        Verdict::Suppress("cooldown")
+    ));
     // ...but one that outlasts the cooldown is promoted to a start.
-    assert!(matches!(f.filter(ev("d", 0, Phase::Start, "cam"), s(80)), Verdict::Suppress("cooldown")));
+    assert!(matches!(
+        f.filter(ev("d", 0, Phase::Start, "cam"), s(80)),
+        Verdict::Suppress("cooldown")
+    ));
     match f.filter(ev("d", 5, Phase::Update, "cam"), s(102)) {
         Verdict::Pass(e) => assert_eq!((e.phase, e.seq, e.id.as_str()), (Phase::Start, 5, "d-5")),
         v => panic!("{v:?}"),
     }
-    assert!(matches!(f.filter(ev("d", 6, Phase::End, "cam"), s(103)), Verdict::Pass(_)));
+    assert!(matches!(
+        f.filter(ev("d", 6, Phase::End, "cam"), s(103)),
+        Verdict::Pass(_)
+    ));
     // After the cooldown a start passes.
-    assert!(matches!(f.filter(ev("e", 0, Phase::Start, "cam"), s(200)), Verdict::Pass(_)));
+    assert!(matches!(
+        f.filter(ev("e", 0, Phase::Start, "cam"), s(200)),
+        Verdict::Pass(_)
+    ));
 }
 
 #[test]
@@ -168,7 +202,9 @@ fn spool_persists_attachments_orders_and_bounds() {
         let mut e0 = ev("x", 0, Phase::Start, "c");
         e0.snapshot_jpeg = Some(Arc::new(vec![0xFF, 0xD8, 1, 2, 3]));
         e0.heatmap_png = Some(Arc::new(vec![0x89, b'P', b'N', b'G']));
-        let r = s.append(&[e0.clone(), ev("x", 1, Phase::Update, "c")]).unwrap();
+        let r = s
+            .append(&[e0.clone(), ev("x", 1, Phase::Update, "c")])
+            .unwrap();
         assert_eq!((r.written, r.dropped), (2, 0));
         let rec = s.next_for("a").unwrap().unwrap();
         assert_eq!(rec.event, e0);
@@ -209,7 +245,10 @@ fn file_sink_rotates_and_keeps_n() {
     let path = dir.path().join("ev.jsonl");
     let f = hub_toml(
         dir.path(),
-        &format!("[[sink]]\nkind = \"file\"\npath = \"{}\"\nmax_bytes = 1000\nkeep = 2\n", path.display()),
+        &format!(
+            "[[sink]]\nkind = \"file\"\npath = \"{}\"\nmax_bytes = 1000\nkeep = 2\n",
+            path.display()
+        ),
     );
     let hub = AlertHub::start(&f.sink, &f.spool, &AlertsConfig::pass_all()).unwrap();
     for i in 0..40 {
@@ -218,7 +257,11 @@ fn file_sink_rotates_and_keeps_n() {
     assert!(hub.wait_idle(Duration::from_secs(20)));
     hub.shutdown(Duration::from_secs(5));
     let mut ids = Vec::new();
-    for p in [path.with_extension("jsonl.2"), path.with_extension("jsonl.1"), path.clone()] {
+    for p in [
+        path.with_extension("jsonl.2"),
+        path.with_extension("jsonl.1"),
+        path.clone(),
+    ] {
         let text = std::fs::read_to_string(&p).unwrap();
         assert!(text.len() <= 1000, "{} too big", p.display());
         for l in text.lines() {
@@ -245,17 +288,28 @@ fn exec_hook_that_hangs_is_killed_and_retried() {
     );
     let f = hub_toml(
         dir.path(),
-        &format!("[[sink]]\nkind = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", {script:?}]\ntimeout_secs = 0.5\n"),
+        &format!(
+            "[[sink]]\nkind = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", {script:?}]\ntimeout_secs = 0.5\n"
+        ),
     );
     let hub = AlertHub::start(&f.sink, &f.spool, &AlertsConfig::pass_all()).unwrap();
     let t0 = Instant::now();
     hub.submit(ev("h", 0, Phase::Start, "cam"));
-    assert!(hub.wait_idle(Duration::from_secs(20)), "exec never succeeded");
+    assert!(
+        hub.wait_idle(Duration::from_secs(20)),
+        "exec never succeeded"
+    );
     let el = t0.elapsed();
     let st = hub.shutdown(Duration::from_secs(2));
-    assert_eq!(std::fs::read_to_string(&attempts).unwrap().lines().count(), 3);
+    assert_eq!(
+        std::fs::read_to_string(&attempts).unwrap().lines().count(),
+        3
+    );
     assert_eq!((st[0].delivered, st[0].failed), (1, 2));
-    assert!(el >= Duration::from_millis(1000) && el < Duration::from_secs(10), "{el:?}");
+    assert!(
+        el >= Duration::from_millis(1000) && el < Duration::from_secs(10),
+        "{el:?}"
+    );
     let e: Event = serde_json::from_str(&std::fs::read_to_string(&got).unwrap()).unwrap();
     assert_eq!(e.id, "h-0");
 }
@@ -264,10 +318,15 @@ fn exec_hook_that_hangs_is_killed_and_retried() {
 fn exec_nonzero_exit_is_retried() {
     let dir = tempfile::tempdir().unwrap();
     let attempts = dir.path().join("attempts");
-    let script = format!("echo x >> {a}; [ $(wc -l < {a}) -ge 3 ]", a = attempts.display());
+    let script = format!(
+        "echo x >> {a}; [ $(wc -l < {a}) -ge 3 ]",
+        a = attempts.display()
+    );
     let f = hub_toml(
         dir.path(),
-        &format!("[[sink]]\nkind = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", {script:?}]\ntimeout_secs = 5\n"),
+        &format!(
+            "[[sink]]\nkind = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", {script:?}]\ntimeout_secs = 5\n"
+        ),
     );
     let hub = AlertHub::start(&f.sink, &f.spool, &AlertsConfig::pass_all()).unwrap();
     hub.submit(ev("n", 0, Phase::Start, "cam"));
@@ -280,21 +339,37 @@ fn exec_nonzero_exit_is_retried() {
 fn submit_never_blocks_and_metrics_encode() {
     let dir = tempfile::tempdir().unwrap();
     // A webhook to a closed port: every delivery fails, the caller must not notice.
-    let f = hub_toml(dir.path(), "[[sink]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\ntimeout_secs = 1\n");
+    let f = hub_toml(
+        dir.path(),
+        "[[sink]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\ntimeout_secs = 1\n",
+    );
     let hub = AlertHub::start(&f.sink, &f.spool, &AlertsConfig::pass_all()).unwrap();
     let t0 = Instant::now();
     for i in 0..2000 {
         hub.submit(ev("s", i, Phase::Update, "c"));
     }
-    assert!(t0.elapsed() < Duration::from_millis(500), "submit blocked: {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "submit blocked: {:?}",
+        t0.elapsed()
+    );
     let mut reg = prometheus_client::registry::Registry::default();
     hub.register_metrics(&mut reg);
     std::thread::sleep(Duration::from_millis(1500));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
-    assert!(out.contains("advguard_alert_failed_total{sink=\"webhook\"}"), "{out}");
-    assert!(out.contains("advguard_alert_queued{sink=\"webhook\"}"), "{out}");
-    assert!(out.contains("advguard_alert_oldest_undelivered_age_seconds"), "{out}");
+    assert!(
+        out.contains("advguard_alert_failed_total{sink=\"webhook\"}"),
+        "{out}"
+    );
+    assert!(
+        out.contains("advguard_alert_queued{sink=\"webhook\"}"),
+        "{out}"
+    );
+    assert!(
+        out.contains("advguard_alert_oldest_undelivered_age_seconds"),
+        "{out}"
+    );
     let t1 = Instant::now();
     let st = hub.shutdown(Duration::from_millis(500));
     assert!(t1.elapsed() < Duration::from_secs(6));

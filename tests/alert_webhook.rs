@@ -16,14 +16,22 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_advguard");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn ev(event_id: &str, seq: u32) -> Event {
     Event {
         id: format!("{event_id}-{seq}"),
         event_id: event_id.into(),
-        phase: if seq == 0 { Phase::Start } else { Phase::Update },
+        phase: if seq == 0 {
+            Phase::Start
+        } else {
+            Phase::Update
+        },
         seq,
         camera: "door".into(),
         model: "m".into(),
@@ -39,7 +47,11 @@ fn ev(event_id: &str, seq: u32) -> Event {
         frames_over: seq,
         top1: None,
         bbox: None,
-        snapshot_jpeg: if seq == 0 { Some(Arc::new(vec![0xFF, 0xD8, 0xFF, 0xD9])) } else { None },
+        snapshot_jpeg: if seq == 0 {
+            Some(Arc::new(vec![0xFF, 0xD8, 0xFF, 0xD9]))
+        } else {
+            None
+        },
         heatmap_png: None,
     }
 }
@@ -58,25 +70,34 @@ impl Receiver {
         let ids = Arc::new(Mutex::new(Vec::new()));
         let bad = Arc::new(AtomicUsize::new(0));
         let thread = {
-            let (server, ids, bad, secret) = (server.clone(), ids.clone(), bad.clone(), secret.to_string());
+            let (server, ids, bad, secret) =
+                (server.clone(), ids.clone(), bad.clone(), secret.to_string());
             std::thread::spawn(move || {
                 for mut req in server.incoming_requests() {
                     let mut body = Vec::new();
                     req.as_reader().read_to_end(&mut body).unwrap();
                     let header = |name: &'static str| {
-                        req.headers().iter().find(|h| h.field.equiv(name)).map(|h| h.value.as_str().to_string())
+                        req.headers()
+                            .iter()
+                            .find(|h| h.field.equiv(name))
+                            .map(|h| h.value.as_str().to_string())
                     };
                     let sig = header("X-Advguard-Signature").unwrap_or_default();
                     if !verify_signature(secret.as_bytes(), &body, &sig) {
                         bad.fetch_add(1, Ordering::SeqCst);
-                        let _ = req.respond(tiny_http::Response::from_string("bad signature").with_status_code(401));
+                        let _ = req.respond(
+                            tiny_http::Response::from_string("bad signature").with_status_code(401),
+                        );
                         continue;
                     }
                     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
                     let id = v["id"].as_str().unwrap().to_string();
                     assert_eq!(header("X-Advguard-Event-Id").as_deref(), Some(id.as_str()));
                     if v["seq"] == 0 {
-                        assert!(v["snapshot_jpeg_base64"].is_string(), "start carries the snapshot: {v}");
+                        assert!(
+                            v["snapshot_jpeg_base64"].is_string(),
+                            "start carries the snapshot: {v}"
+                        );
                     }
                     std::thread::sleep(delay);
                     ids.lock().unwrap().push(id);
@@ -84,7 +105,12 @@ impl Receiver {
                 }
             })
         };
-        Receiver { server, ids, bad, thread: Some(thread) }
+        Receiver {
+            server,
+            ids,
+            bad,
+            thread: Some(thread),
+        }
     }
 
     fn unique(&self) -> BTreeSet<String> {
@@ -155,7 +181,10 @@ fn good_signature_accepted_bad_signature_rejected() {
     while rx.bad.load(Ordering::SeqCst) < 3 && t0.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(rx.bad.load(Ordering::SeqCst) >= 3, "retries with a bad signature");
+    assert!(
+        rx.bad.load(Ordering::SeqCst) >= 3,
+        "retries with a bad signature"
+    );
     let st = hub.shutdown(Duration::from_millis(200));
     assert_eq!(st[0].delivered, 0);
     assert!(st[0].failed >= 3);
@@ -178,7 +207,11 @@ fn receiver_down_then_back_gets_all_50() {
     assert!(st[0].failed >= 2, "{st:?}");
     assert_eq!(st[0].queued, 50);
     let rx = Receiver::start(port, "s", Duration::ZERO);
-    assert!(rx.wait_unique(50, Duration::from_secs(30)), "got {}", rx.unique().len());
+    assert!(
+        rx.wait_unique(50, Duration::from_secs(30)),
+        "got {}",
+        rx.unique().len()
+    );
     assert!(hub.wait_idle(Duration::from_secs(10)));
     hub.shutdown(Duration::from_secs(2));
     // In order, too.
@@ -192,7 +225,11 @@ fn process_killed_mid_backlog_then_restarted_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let cfg = dir.path().join("cameras.toml");
-    std::fs::write(&cfg, config(dir.path(), port, "${ADVGUARD_TEST_HOOK_SECRET}")).unwrap();
+    std::fs::write(
+        &cfg,
+        config(dir.path(), port, "${ADVGUARD_TEST_HOOK_SECRET}"),
+    )
+    .unwrap();
     // A slow receiver, so the backlog is still long when we kill the process.
     let rx = Receiver::start(port, "env-secret", Duration::from_millis(80));
     let mut child = Command::new(BIN)
@@ -205,7 +242,9 @@ fn process_killed_mid_backlog_then_restarted_loses_nothing() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     assert!(line.starts_with("spooled 50"), "{line}");
     assert!(rx.wait_unique(5, Duration::from_secs(30)));
     child.kill().unwrap(); // SIGKILL
@@ -221,7 +260,11 @@ fn process_killed_mid_backlog_then_restarted_loses_nothing() {
         .env("ADVGUARD_TEST_HOOK_SECRET", "env-secret")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ids = rx.unique();
     assert_eq!(ids.len(), 50, "lost events: got {} unique ids", ids.len());
     assert!(ids.iter().all(|id| id.starts_with("test-")));
@@ -236,7 +279,11 @@ fn process_killed_mid_backlog_then_restarted_loses_nothing() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("hook"), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("hook") && l.split_whitespace().nth(2) == Some("0")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("hook") && l.split_whitespace().nth(2) == Some("0")),
+        "{text}"
+    );
 }
 
 #[test]
@@ -244,7 +291,10 @@ fn cli_config_errors_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         ("[[sink]]\nkind = \"pigeon\"\n", vec!["kind", "pigeon"]),
-        ("[[sink]]\nkind = \"webhook\"\nurl = \"not a url\"\n", vec!["sink[0].url"]),
+        (
+            "[[sink]]\nkind = \"webhook\"\nurl = \"not a url\"\n",
+            vec!["sink[0].url"],
+        ),
         (
             "[[sink]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/\"\nsecret = \"${ADVGUARD_TEST_MISSING_SECRET}\"\n",
             vec!["sink[0].secret", "ADVGUARD_TEST_MISSING_SECRET"],
@@ -253,13 +303,28 @@ fn cli_config_errors_name_the_key() {
     ];
     for (i, (toml, want)) in cases.iter().enumerate() {
         let p = dir.path().join(format!("c{i}.toml"));
-        std::fs::write(&p, format!("{toml}[spool]\npath = \"{}\"\n", dir.path().join("s.redb").display())).unwrap();
-        let out = Command::new(BIN).args(["alert", "test", "--config"]).arg(&p).output().unwrap();
+        std::fs::write(
+            &p,
+            format!(
+                "{toml}[spool]\npath = \"{}\"\n",
+                dir.path().join("s.redb").display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(BIN)
+            .args(["alert", "test", "--config"])
+            .arg(&p)
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
         for w in want {
             assert!(err.contains(w), "case {i}: {w:?} not in {err}");
         }
-        assert_eq!(err.lines().filter(|l| l.starts_with("error")).count(), 1, "{err}");
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("error")).count(),
+            1,
+            "{err}"
+        );
     }
 }

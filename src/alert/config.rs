@@ -155,7 +155,9 @@ impl SpoolConfig {
     /// The spool file path (expanded), default when not set.
     pub fn resolved_path(&self) -> Result<PathBuf, ConfigError> {
         match &self.path {
-            Some(p) => Ok(PathBuf::from(expand_env(p).map_err(|e| e.at("spool.path"))?)),
+            Some(p) => Ok(PathBuf::from(
+                expand_env(p).map_err(|e| e.at("spool.path"))?,
+            )),
             None => Ok(dirs::data_local_dir()
                 .unwrap_or_else(|| PathBuf::from("."))
                 .join("advguard")
@@ -179,14 +181,20 @@ pub struct AlertsConfig {
 
 impl Default for AlertsConfig {
     fn default() -> Self {
-        AlertsConfig { cooldown_secs: d_cooldown(), update_interval_secs: d_update_interval() }
+        AlertsConfig {
+            cooldown_secs: d_cooldown(),
+            update_interval_secs: d_update_interval(),
+        }
     }
 }
 
 impl AlertsConfig {
     /// No cooldown, no throttling (every message passes).
     pub fn pass_all() -> Self {
-        AlertsConfig { cooldown_secs: 0.0, update_interval_secs: 0.0 }
+        AlertsConfig {
+            cooldown_secs: 0.0,
+            update_interval_secs: 0.0,
+        }
     }
 }
 
@@ -265,7 +273,10 @@ impl<'de> Deserialize<'de> for SinkConfig {
             }
         };
         r.map_err(|e: toml::de::Error| {
-            D::Error::custom(format!("[[sink]] kind = \"{kind}\": {}", e.message().trim()))
+            D::Error::custom(format!(
+                "[[sink]] kind = \"{kind}\": {}",
+                e.message().trim()
+            ))
         })
     }
 }
@@ -294,7 +305,10 @@ pub enum EnvError {
 impl EnvError {
     /// Attach the config key this error came from.
     pub fn at(self, key: impl Into<String>) -> ConfigError {
-        ConfigError { key: key.into(), msg: self.to_string() }
+        ConfigError {
+            key: key.into(),
+            msg: self.to_string(),
+        }
     }
 }
 
@@ -311,7 +325,9 @@ pub fn expand_env(s: &str) -> Result<String, EnvError> {
             out.push('$');
             rest = a;
         } else if let Some(a) = after.strip_prefix('{') {
-            let end = a.find('}').ok_or_else(|| EnvError::Malformed(s.to_string()))?;
+            let end = a
+                .find('}')
+                .ok_or_else(|| EnvError::Malformed(s.to_string()))?;
             let name = &a[..end];
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(EnvError::Malformed(s.to_string()));
@@ -357,7 +373,11 @@ impl SinkConfig {
         let exo = |k: &str, v: &Option<String>| v.as_deref().map(|v| ex(k, v)).transpose();
         let bad = |k: &str, msg: String| ConfigError { key: key(k), msg };
         let pos = |k: &str, v: f64| {
-            if v.is_finite() && v > 0.0 { Ok(()) } else { Err(bad(k, format!("must be > 0, got {v}"))) }
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(bad(k, format!("must be > 0, got {v}")))
+            }
         };
         Ok(match self {
             SinkConfig::Webhook(c) => {
@@ -380,11 +400,17 @@ impl SinkConfig {
             SinkConfig::Mqtt(c) => {
                 let host = ex("host", &c.host)?;
                 if host.is_empty() || host.contains(['/', ' ', ':']) && !host.starts_with('[') {
-                    return Err(bad("host", format!("not a host name: {host:?} (use `port` for the port)")));
+                    return Err(bad(
+                        "host",
+                        format!("not a host name: {host:?} (use `port` for the port)"),
+                    ));
                 }
                 let topic_prefix = ex("topic_prefix", &c.topic_prefix)?;
                 if topic_prefix.is_empty() || topic_prefix.contains(['+', '#']) {
-                    return Err(bad("topic_prefix", format!("invalid MQTT topic prefix {topic_prefix:?}")));
+                    return Err(bad(
+                        "topic_prefix",
+                        format!("invalid MQTT topic prefix {topic_prefix:?}"),
+                    ));
                 }
                 pos("timeout_secs", c.timeout_secs)?;
                 SinkConfig::Mqtt(MqttConfig {
@@ -412,7 +438,11 @@ impl SinkConfig {
                     .enumerate()
                     .map(|(i, a)| ex(&format!("command[{i}]"), a))
                     .collect::<Result<Vec<_>, _>>()?;
-                SinkConfig::Exec(ExecConfig { name: exo("name", &c.name)?, command, timeout_secs: c.timeout_secs })
+                SinkConfig::Exec(ExecConfig {
+                    name: exo("name", &c.name)?,
+                    command,
+                    timeout_secs: c.timeout_secs,
+                })
             }
             SinkConfig::File(c) => {
                 let path = ex("path", &c.path)?;
@@ -422,7 +452,12 @@ impl SinkConfig {
                 if c.max_bytes == 0 {
                     return Err(bad("max_bytes", "must be > 0".into()));
                 }
-                SinkConfig::File(FileConfig { name: exo("name", &c.name)?, path, max_bytes: c.max_bytes, keep: c.keep })
+                SinkConfig::File(FileConfig {
+                    name: exo("name", &c.name)?,
+                    path,
+                    max_bytes: c.max_bytes,
+                    keep: c.keep,
+                })
             }
         })
     }
@@ -434,13 +469,17 @@ fn validate_http_url(url: &str) -> Result<(), String> {
     } else if let Some(r) = url.strip_prefix("https://") {
         r
     } else {
-        return Err(format!("bad URL {url:?}: must start with http:// or https://"));
+        return Err(format!(
+            "bad URL {url:?}: must start with http:// or https://"
+        ));
     };
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     if host.is_empty() || host.starts_with(':') || url.contains(char::is_whitespace) {
         return Err(format!("bad URL {url:?}: no host"));
     }
-    ureq::post(url).request_url().map_err(|e| format!("bad URL {url:?}: {e}"))?;
+    ureq::post(url)
+        .request_url()
+        .map_err(|e| format!("bad URL {url:?}: {e}"))?;
     Ok(())
 }
 
@@ -468,7 +507,8 @@ impl AlertFile {
     /// Reads and parses a config file; errors carry the path.
     pub fn load(path: &std::path::Path) -> anyhow::Result<AlertFile> {
         use anyhow::Context;
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let f = Self::parse(&text).with_context(|| format!("parsing {}", path.display()))?;
         Ok(f)
     }
@@ -494,7 +534,9 @@ pub fn resolve_sinks(sinks: &[SinkConfig]) -> Result<Vec<(String, SinkConfig)>, 
                 let base = r.kind();
                 let mut n = base.to_string();
                 let mut k = 2;
-                while out.iter().any(|(m, _)| *m == n) || sinks.iter().any(|s| s.configured_name() == Some(&n)) {
+                while out.iter().any(|(m, _)| *m == n)
+                    || sinks.iter().any(|s| s.configured_name() == Some(&n))
+                {
                     n = format!("{base}-{k}");
                     k += 1;
                 }

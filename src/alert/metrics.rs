@@ -47,26 +47,54 @@ impl AlertMetrics {
     /// Registers every metric under the `advguard_alert_` prefix.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("advguard_alert");
-        r.register("delivered", "Events delivered, per sink", self.delivered.clone());
-        r.register("failed", "Failed delivery attempts (retried), per sink", self.failed.clone());
-        r.register("queued", "Events spooled but not yet delivered, per sink", self.queued.clone());
+        r.register(
+            "delivered",
+            "Events delivered, per sink",
+            self.delivered.clone(),
+        );
+        r.register(
+            "failed",
+            "Failed delivery attempts (retried), per sink",
+            self.failed.clone(),
+        );
+        r.register(
+            "queued",
+            "Events spooled but not yet delivered, per sink",
+            self.queued.clone(),
+        );
         r.register(
             "oldest_undelivered_age_seconds",
             "Age of the oldest undelivered event, per sink",
             self.oldest_age.clone(),
         );
         r.register("dropped", "Events dropped, by reason", self.dropped.clone());
-        r.register("suppressed", "Messages suppressed by noise control, by reason", self.suppressed.clone());
-        r.register("spooled", "Events committed to the spool", self.spooled.clone());
-        r.register("submitted", "Events submitted to the alert hub", self.submitted.clone());
+        r.register(
+            "suppressed",
+            "Messages suppressed by noise control, by reason",
+            self.suppressed.clone(),
+        );
+        r.register(
+            "spooled",
+            "Events committed to the spool",
+            self.spooled.clone(),
+        );
+        r.register(
+            "submitted",
+            "Events submitted to the alert hub",
+            self.submitted.clone(),
+        );
     }
 
     pub(crate) fn sink(s: &str) -> SinkLabel {
-        SinkLabel { sink: s.to_string() }
+        SinkLabel {
+            sink: s.to_string(),
+        }
     }
 
     pub(crate) fn reason(s: &str) -> ReasonLabel {
-        ReasonLabel { reason: s.to_string() }
+        ReasonLabel {
+            reason: s.to_string(),
+        }
     }
 
     /// Dropped count for a reason.

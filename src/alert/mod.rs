@@ -66,7 +66,10 @@ struct Shared {
 
 impl Shared {
     fn drop_event(&self, reason: &str, id: &str) {
-        self.metrics.dropped.get_or_create(&AlertMetrics::reason(reason)).inc();
+        self.metrics
+            .dropped
+            .get_or_create(&AlertMetrics::reason(reason))
+            .inc();
         let n = self.drops_logged.fetch_add(1, Ordering::Relaxed);
         if n < 10 || n.is_power_of_two() {
             tracing::warn!(reason, id, dropped_so_far = n + 1, "alert event dropped");
@@ -92,7 +95,9 @@ impl AlertHandle {
                 self.shared.accepted.fetch_add(1, Ordering::SeqCst);
             }
             Err(TrySendError::Full(Msg::Event(ev))) => self.shared.drop_event("queue_full", &ev.id),
-            Err(TrySendError::Disconnected(Msg::Event(ev))) => self.shared.drop_event("closed", &ev.id),
+            Err(TrySendError::Disconnected(Msg::Event(ev))) => {
+                self.shared.drop_event("closed", &ev.id)
+            }
             Err(_) => {}
         }
     }
@@ -127,7 +132,8 @@ struct Backoff {
 
 impl Backoff {
     fn delay(&self, failures: u32) -> Duration {
-        let base = self.initial.as_secs_f64() * 2f64.powi(failures.saturating_sub(1).min(30) as i32);
+        let base =
+            self.initial.as_secs_f64() * 2f64.powi(failures.saturating_sub(1).min(30) as i32);
         let base = base.min(self.max.as_secs_f64());
         let jitter = 0.75 + 0.5 * rand::random::<f64>();
         Duration::from_secs_f64((base * jitter).min(self.max.as_secs_f64()))
@@ -138,7 +144,11 @@ impl AlertHub {
     /// Validates the config (expanding `${ENV}`; errors name the key), opens the spool and
     /// starts the writer and one worker per sink. Undelivered events from a previous run
     /// are delivered first.
-    pub fn start(sinks: &[SinkConfig], spool: &SpoolConfig, alerts: &AlertsConfig) -> anyhow::Result<AlertHub> {
+    pub fn start(
+        sinks: &[SinkConfig],
+        spool: &SpoolConfig,
+        alerts: &AlertsConfig,
+    ) -> anyhow::Result<AlertHub> {
         let resolved = config::resolve_sinks(sinks)?;
         let path = spool.resolved_path()?;
         let names: Vec<String> = resolved.iter().map(|(n, _)| n.clone()).collect();
@@ -150,7 +160,8 @@ impl AlertHub {
         };
         let mut built: Vec<(Box<dyn Sink>, &'static str)> = Vec::new();
         for (i, (name, cfg)) in resolved.iter().enumerate() {
-            let s = sink::build(name, cfg).map_err(|e| anyhow::anyhow!("sink[{i}] ({name}): {e}"))?;
+            let s =
+                sink::build(name, cfg).map_err(|e| anyhow::anyhow!("sink[{i}] ({name}): {e}"))?;
             built.push((s, cfg.kind()));
         }
         let shared = Arc::new(Shared {
@@ -184,7 +195,13 @@ impl AlertHub {
                     run_worker(s, ctx);
                     let _ = done_tx.send(());
                 })?;
-            workers.push(Worker { name, kind, wake: wake_tx, done: done_rx, thread: Some(thread) });
+            workers.push(Worker {
+                name,
+                kind,
+                wake: wake_tx,
+                done: done_rx,
+                thread: Some(thread),
+            });
         }
         let (tx, rx) = crossbeam_channel::bounded(spool.queue.max(1));
         let writer = {
@@ -235,14 +252,20 @@ impl AlertHub {
             .iter()
             .map(|w| {
                 let l = AlertMetrics::sink(&w.name);
-                let b = self.spool.as_ref().and_then(|s| s.backlog(&w.name).ok()).unwrap_or_default();
+                let b = self
+                    .spool
+                    .as_ref()
+                    .and_then(|s| s.backlog(&w.name).ok())
+                    .unwrap_or_default();
                 SinkStatus {
                     name: w.name.clone(),
                     kind: w.kind,
                     delivered: m.delivered.get_or_create(&l).get(),
                     failed: m.failed.get_or_create(&l).get(),
                     queued: b.queued,
-                    oldest_age: b.oldest_queued_at_ms.map(|t| Duration::from_millis(now.saturating_sub(t))),
+                    oldest_age: b
+                        .oldest_queued_at_ms
+                        .map(|t| Duration::from_millis(now.saturating_sub(t))),
                 }
             })
             .collect()
@@ -253,7 +276,11 @@ impl AlertHub {
     pub fn is_idle(&self) -> bool {
         let s = &self.handle.shared;
         s.processed.load(Ordering::SeqCst) >= s.accepted.load(Ordering::SeqCst)
-            && self.workers.iter().all(|w| self.spool.as_ref().is_some_and(|s| s.backlog(&w.name).is_ok_and(|b| b.queued == 0)))
+            && self.workers.iter().all(|w| {
+                self.spool
+                    .as_ref()
+                    .is_some_and(|s| s.backlog(&w.name).is_ok_and(|b| b.queued == 0))
+            })
     }
 
     /// Waits until [`is_idle`](Self::is_idle) or the timeout; returns whether idle.
@@ -306,10 +333,8 @@ impl AlertHub {
         }
         let status = self.sink_status();
         for w in &mut self.workers {
-            if let Some(t) = w.thread.take() {
-                if t.is_finished() {
-                    let _ = t.join();
-                }
+            if let Some(t) = w.thread.take_if(|t| t.is_finished()) {
+                let _ = t.join();
             }
         }
         status
@@ -327,7 +352,10 @@ struct WorkerCtx {
 
 impl WorkerCtx {
     fn stopped(&self) -> bool {
-        matches!(self.stop.try_recv(), Err(crossbeam_channel::TryRecvError::Disconnected))
+        matches!(
+            self.stop.try_recv(),
+            Err(crossbeam_channel::TryRecvError::Disconnected)
+        )
     }
 
     /// Sleeps up to `d`; returns early on a wake-up (`true`) or the hard stop (`false`).
@@ -349,8 +377,15 @@ impl WorkerCtx {
     fn update_gauges(&self, name: &str) {
         let l = AlertMetrics::sink(name);
         if let Ok(b) = self.spool.backlog(name) {
-            self.shared.metrics.queued.get_or_create(&l).set(b.queued as i64);
-            let age = b.oldest_queued_at_ms.map(|t| spool::now_ms().saturating_sub(t) as f64 / 1000.0).unwrap_or(0.0);
+            self.shared
+                .metrics
+                .queued
+                .get_or_create(&l)
+                .set(b.queued as i64);
+            let age = b
+                .oldest_queued_at_ms
+                .map(|t| spool::now_ms().saturating_sub(t) as f64 / 1000.0)
+                .unwrap_or(0.0);
             self.shared.metrics.oldest_age.get_or_create(&l).set(age);
         }
     }
@@ -412,7 +447,13 @@ fn run_worker(mut sink: Box<dyn Sink>, ctx: WorkerCtx) {
     sink.close(Duration::from_secs(2));
 }
 
-fn run_writer(rx: Receiver<Msg>, spool: Option<Arc<Spool>>, shared: Arc<Shared>, wakes: Vec<Sender<()>>, mut filter: NoiseFilter) {
+fn run_writer(
+    rx: Receiver<Msg>,
+    spool: Option<Arc<Spool>>,
+    shared: Arc<Shared>,
+    wakes: Vec<Sender<()>>,
+    mut filter: NoiseFilter,
+) {
     let mut shutdown = false;
     while !shutdown {
         let first = match rx.recv() {
@@ -421,14 +462,19 @@ fn run_writer(rx: Receiver<Msg>, spool: Option<Arc<Spool>>, shared: Arc<Shared>,
         };
         let mut batch = Vec::new();
         let mut n_msgs = 0u64;
-        let mut handle = |m: Msg, batch: &mut Vec<Event>, shutdown: &mut bool, n: &mut u64| match m {
+        let mut handle = |m: Msg, batch: &mut Vec<Event>, shutdown: &mut bool, n: &mut u64| match m
+        {
             Msg::Shutdown => *shutdown = true,
             Msg::Event(ev) => {
                 *n += 1;
                 match filter.filter(*ev, Instant::now()) {
-                    Verdict::Pass(ev) => batch.push(ev),
+                    Verdict::Pass(ev) => batch.push(*ev),
                     Verdict::Suppress(reason) => {
-                        shared.metrics.suppressed.get_or_create(&AlertMetrics::reason(reason)).inc();
+                        shared
+                            .metrics
+                            .suppressed
+                            .get_or_create(&AlertMetrics::reason(reason))
+                            .inc();
                     }
                 }
             }
@@ -446,8 +492,15 @@ fn run_writer(rx: Receiver<Msg>, spool: Option<Arc<Spool>>, shared: Arc<Shared>,
                 Ok(a) => {
                     shared.metrics.spooled.inc_by(a.written);
                     if a.dropped > 0 {
-                        shared.metrics.dropped.get_or_create(&AlertMetrics::reason("spool_full")).inc_by(a.dropped);
-                        tracing::warn!(dropped = a.dropped, "alert spool full: dropped the oldest undelivered events");
+                        shared
+                            .metrics
+                            .dropped
+                            .get_or_create(&AlertMetrics::reason("spool_full"))
+                            .inc_by(a.dropped);
+                        tracing::warn!(
+                            dropped = a.dropped,
+                            "alert spool full: dropped the oldest undelivered events"
+                        );
                     }
                 }
                 Err(e) => {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub enum Verdict {
     /// Deliver this (possibly re-phased) event.
-    Pass(Event),
+    Pass(Box<Event>),
     /// Dropped by noise control; the reason is `cooldown` or `throttle`.
     Suppress(&'static str),
 }
@@ -38,7 +38,11 @@ pub struct NoiseFilter {
 impl NoiseFilter {
     /// A filter with the given cooldown and update interval (zero disables each).
     pub fn new(cooldown: Duration, update_interval: Duration) -> Self {
-        NoiseFilter { cooldown, update_interval, cams: HashMap::new() }
+        NoiseFilter {
+            cooldown,
+            update_interval,
+            cams: HashMap::new(),
+        }
     }
 
     /// From the `[alerts]` table.
@@ -51,7 +55,9 @@ impl NoiseFilter {
     pub fn filter(&mut self, mut ev: Event, now: Instant) -> Verdict {
         let cam = self.cams.entry(ev.camera.clone()).or_default();
         let in_cooldown = |c: &Cam| {
-            !self.cooldown.is_zero() && c.last_end.is_some_and(|t| now.duration_since(t) < self.cooldown)
+            !self.cooldown.is_zero()
+                && c.last_end
+                    .is_some_and(|t| now.duration_since(t) < self.cooldown)
         };
         match ev.phase {
             Phase::Start => {
@@ -61,7 +67,7 @@ impl NoiseFilter {
                 }
                 cam.suppressed = None;
                 cam.last_update = Some(now);
-                Verdict::Pass(ev)
+                Verdict::Pass(Box::new(ev))
             }
             Phase::Update => {
                 if cam.suppressed.as_deref() == Some(ev.event_id.as_str()) {
@@ -72,13 +78,15 @@ impl NoiseFilter {
                     cam.suppressed = None;
                     cam.last_update = Some(now);
                     ev.phase = Phase::Start;
-                    return Verdict::Pass(ev);
+                    return Verdict::Pass(Box::new(ev));
                 }
                 let pass = self.update_interval.is_zero()
-                    || cam.last_update.is_none_or(|t| now.duration_since(t) >= self.update_interval);
+                    || cam
+                        .last_update
+                        .is_none_or(|t| now.duration_since(t) >= self.update_interval);
                 if pass {
                     cam.last_update = Some(now);
-                    Verdict::Pass(ev)
+                    Verdict::Pass(Box::new(ev))
                 } else {
                     Verdict::Suppress("throttle")
                 }
@@ -90,7 +98,7 @@ impl NoiseFilter {
                     cam.suppressed = None;
                     return Verdict::Suppress("cooldown");
                 }
-                Verdict::Pass(ev)
+                Verdict::Pass(Box::new(ev))
             }
         }
     }

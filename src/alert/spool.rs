@@ -19,7 +19,9 @@ const MAGIC: &[u8; 4] = b"AGS1";
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
     /// Another process holds the spool file.
-    #[error("spool {0} is in use by another advguard process (stop it, or point [spool].path elsewhere)")]
+    #[error(
+        "spool {0} is in use by another advguard process (stop it, or point [spool].path elsewhere)"
+    )]
     InUse(String),
     /// Storage error from redb.
     #[error("spool storage: {0}")]
@@ -81,10 +83,11 @@ impl Spool {
     /// Opens (creating) the spool at `path` for the given sink names. Sinks new to this
     /// spool start at its tail (they do not replay older events).
     pub fn open(path: &Path, max_events: u64, sinks: &[String]) -> Result<Arc<Spool>, SpoolError> {
-        if let Some(dir) = path.parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| SpoolError::Db(format!("creating {}: {e}", dir.display())))?;
-            }
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| SpoolError::Db(format!("creating {}: {e}", dir.display())))?;
         }
         let db = match Database::create(path) {
             Ok(d) => d,
@@ -97,7 +100,11 @@ impl Spool {
         {
             let _ = txn.open_table(EVENTS).map_err(dberr)?;
             let meta = txn.open_table(META).map_err(dberr)?;
-            let next = meta.get("next_seq").map_err(dberr)?.map(|v| v.value()).unwrap_or(0);
+            let next = meta
+                .get("next_seq")
+                .map_err(dberr)?
+                .map(|v| v.value())
+                .unwrap_or(0);
             let mut cur = txn.open_table(CURSORS).map_err(dberr)?;
             for s in sinks {
                 if cur.get(s.as_str()).map_err(dberr)?.is_none() {
@@ -106,7 +113,11 @@ impl Spool {
             }
         }
         txn.commit().map_err(dberr)?;
-        Ok(Arc::new(Spool { db, max_events: max_events.max(1), sinks: sinks.to_vec() }))
+        Ok(Arc::new(Spool {
+            db,
+            max_events: max_events.max(1),
+            sinks: sinks.to_vec(),
+        }))
     }
 
     /// Appends events in one durable (fsync'd) transaction.
@@ -119,8 +130,16 @@ impl Spool {
         let mut out = Appended::default();
         {
             let mut meta = txn.open_table(META).map_err(dberr)?;
-            let mut next = meta.get("next_seq").map_err(dberr)?.map(|v| v.value()).unwrap_or(0);
-            let mut dropped = meta.get("dropped").map_err(dberr)?.map(|v| v.value()).unwrap_or(0);
+            let mut next = meta
+                .get("next_seq")
+                .map_err(dberr)?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            let mut dropped = meta
+                .get("dropped")
+                .map_err(dberr)?
+                .map(|v| v.value())
+                .unwrap_or(0);
             let mut tab = txn.open_table(EVENTS).map_err(dberr)?;
             let t = now_ms();
             for ev in events {
@@ -146,7 +165,11 @@ impl Spool {
     pub fn next_for(&self, sink: &str) -> Result<Option<Record>, SpoolError> {
         let txn = self.db.begin_read().map_err(dberr)?;
         let cur = txn.open_table(CURSORS).map_err(dberr)?;
-        let from = cur.get(sink).map_err(dberr)?.map(|v| v.value()).unwrap_or(0);
+        let from = cur
+            .get(sink)
+            .map_err(dberr)?
+            .map(|v| v.value())
+            .unwrap_or(0);
         let tab = txn.open_table(EVENTS).map_err(dberr)?;
         let mut it = tab.range(from..).map_err(dberr)?;
         match it.next() {
@@ -154,8 +177,13 @@ impl Spool {
             Some(r) => {
                 let (k, v) = r.map_err(dberr)?;
                 let seq = k.value();
-                let (queued_at_ms, event) = decode(v.value()).map_err(|m| SpoolError::Corrupt(seq, m))?;
-                Ok(Some(Record { seq, queued_at_ms, event }))
+                let (queued_at_ms, event) =
+                    decode(v.value()).map_err(|m| SpoolError::Corrupt(seq, m))?;
+                Ok(Some(Record {
+                    seq,
+                    queued_at_ms,
+                    event,
+                }))
             }
         }
     }
@@ -168,13 +196,21 @@ impl Spool {
         txn.set_durability(Durability::Eventual);
         {
             let mut cur = txn.open_table(CURSORS).map_err(dberr)?;
-            let old = cur.get(sink).map_err(dberr)?.map(|v| v.value()).unwrap_or(0);
+            let old = cur
+                .get(sink)
+                .map_err(dberr)?
+                .map(|v| v.value())
+                .unwrap_or(0);
             if seq + 1 > old {
                 cur.insert(sink, seq + 1).map_err(dberr)?;
             }
             let mut min = u64::MAX;
             for s in &self.sinks {
-                let c = cur.get(s.as_str()).map_err(dberr)?.map(|v| v.value()).unwrap_or(0);
+                let c = cur
+                    .get(s.as_str())
+                    .map_err(dberr)?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
                 min = min.min(c);
             }
             if min != u64::MAX {
@@ -191,8 +227,16 @@ impl Spool {
         let txn = self.db.begin_read().map_err(dberr)?;
         let cur = txn.open_table(CURSORS).map_err(dberr)?;
         let meta = txn.open_table(META).map_err(dberr)?;
-        let next = meta.get("next_seq").map_err(dberr)?.map(|v| v.value()).unwrap_or(0);
-        let from = cur.get(sink).map_err(dberr)?.map(|v| v.value()).unwrap_or(next);
+        let next = meta
+            .get("next_seq")
+            .map_err(dberr)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        let from = cur
+            .get(sink)
+            .map_err(dberr)?
+            .map(|v| v.value())
+            .unwrap_or(next);
         let tab = txn.open_table(EVENTS).map_err(dberr)?;
         let mut it = tab.range(from..).map_err(dberr)?;
         match it.next() {
@@ -201,7 +245,10 @@ impl Spool {
                 let (k, v) = r.map_err(dberr)?;
                 let first = k.value();
                 let t = decode_time(v.value());
-                Ok(Backlog { queued: next.saturating_sub(first), oldest_queued_at_ms: t })
+                Ok(Backlog {
+                    queued: next.saturating_sub(first),
+                    oldest_queued_at_ms: t,
+                })
             }
         }
     }
@@ -222,7 +269,11 @@ impl Spool {
     pub fn dropped_total(&self) -> Result<u64, SpoolError> {
         let txn = self.db.begin_read().map_err(dberr)?;
         let meta = txn.open_table(META).map_err(dberr)?;
-        Ok(meta.get("dropped").map_err(dberr)?.map(|v| v.value()).unwrap_or(0))
+        Ok(meta
+            .get("dropped")
+            .map_err(dberr)?
+            .map(|v| v.value())
+            .unwrap_or(0))
     }
 }
 
@@ -238,7 +289,11 @@ struct Head {
 
 /// Record layout: `AGS1` | u32 len | JSON head | u8 flags | [u32 len | jpeg] | [u32 len | png].
 fn encode(ev: &Event, t: u64) -> Vec<u8> {
-    let head = serde_json::to_vec(&Head { queued_at_ms: t, event: ev.clone() }).expect("event serializes");
+    let head = serde_json::to_vec(&Head {
+        queued_at_ms: t,
+        event: ev.clone(),
+    })
+    .expect("event serializes");
     let mut out = Vec::with_capacity(head.len() + 16);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(head.len() as u32).to_le_bytes());

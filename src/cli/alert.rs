@@ -84,15 +84,28 @@ fn load(path: &std::path::Path) -> anyhow::Result<AlertFile> {
 
 fn print_table(rows: &[SinkStatus]) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{:<20} {:<8} {:>10} {:>8} {:>8} {:>12}", "SINK", "KIND", "DELIVERED", "FAILED", "QUEUED", "OLDEST_AGE_S");
+    let _ = writeln!(
+        out,
+        "{:<20} {:<8} {:>10} {:>8} {:>8} {:>12}",
+        "SINK", "KIND", "DELIVERED", "FAILED", "QUEUED", "OLDEST_AGE_S"
+    );
     for r in rows {
-        let age = r.oldest_age.map(|d| format!("{:.1}", d.as_secs_f64())).unwrap_or_else(|| "-".into());
-        let _ = writeln!(out, "{:<20} {:<8} {:>10} {:>8} {:>8} {:>12}", r.name, r.kind, r.delivered, r.failed, r.queued, age);
+        let age = r
+            .oldest_age
+            .map(|d| format!("{:.1}", d.as_secs_f64()))
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            out,
+            "{:<20} {:<8} {:>10} {:>8} {:>8} {:>12}",
+            r.name, r.kind, r.delivered, r.failed, r.queued, age
+        );
     }
     let _ = out.flush();
 }
 
-fn test_images() -> (Option<Arc<Vec<u8>>>, Option<Arc<Vec<u8>>>) {
+type Attachment = Option<Arc<Vec<u8>>>;
+
+fn test_images() -> (Attachment, Attachment) {
     use image::ImageEncoder;
     let (w, h) = (64u32, 48u32);
     let mut rgb = Vec::with_capacity((w * h * 3) as usize);
@@ -148,7 +161,11 @@ fn test_events(count: u32, camera: &str) -> Vec<Event> {
                 peak_pts_ms: 0,
                 threshold: 0.5,
                 frames_over: seq + 1,
-                top1: Some(ClassGuess { index: 0, label: "test".into(), prob: 1.0 }),
+                top1: Some(ClassGuess {
+                    index: 0,
+                    label: "test".into(),
+                    prob: 1.0,
+                }),
                 bbox: Some([8, 8, 32, 24]),
                 snapshot_jpeg: if att { jpeg.clone() } else { None },
                 heatmap_png: if att { png.clone() } else { None },
@@ -172,7 +189,12 @@ fn test(a: TestArgs) -> anyhow::Result<()> {
     while hub.spooled_or_processed() < n && t0.elapsed() < timeout {
         std::thread::sleep(Duration::from_millis(5));
     }
-    println!("spooled {} test events ({} .. {})", hub.spooled_or_processed(), ids[0], ids[ids.len() - 1]);
+    println!(
+        "spooled {} test events ({} .. {})",
+        hub.spooled_or_processed(),
+        ids[0],
+        ids[ids.len() - 1]
+    );
     let _ = std::io::stdout().flush();
     let idle = hub.wait_idle(timeout.saturating_sub(t0.elapsed()));
     if a.hold > 0.0 {
@@ -182,7 +204,10 @@ fn test(a: TestArgs) -> anyhow::Result<()> {
     print_table(&rows);
     if !idle {
         let q: u64 = rows.iter().map(|r| r.queued).sum();
-        anyhow::bail!("not everything was delivered within {} s ({q} queued); the rest stays in the spool (`advguard alert drain`)", a.timeout);
+        anyhow::bail!(
+            "not everything was delivered within {} s ({q} queued); the rest stays in the spool (`advguard alert drain`)",
+            a.timeout
+        );
     }
     Ok(())
 }
@@ -195,7 +220,10 @@ fn drain(a: DrainArgs) -> anyhow::Result<()> {
     print_table(&rows);
     if !idle {
         let q: u64 = rows.iter().map(|r| r.queued).sum();
-        anyhow::bail!("backlog not drained within {} s: {q} events still queued", a.timeout);
+        anyhow::bail!(
+            "backlog not drained within {} s: {q} events still queued",
+            a.timeout
+        );
     }
     Ok(())
 }
@@ -205,7 +233,8 @@ fn status(a: StatusArgs) -> anyhow::Result<()> {
     let sinks = resolve_sinks(&f.sink)?;
     let path = f.spool.resolved_path()?;
     let names: Vec<String> = sinks.iter().map(|(n, _)| n.clone()).collect();
-    let spool = Spool::open(&path, f.spool.max_events, &names).with_context(|| format!("opening spool {}", path.display()))?;
+    let spool = Spool::open(&path, f.spool.max_events, &names)
+        .with_context(|| format!("opening spool {}", path.display()))?;
     let now = now_ms();
     let rows: Vec<SinkStatus> = sinks
         .iter()
@@ -217,16 +246,34 @@ fn status(a: StatusArgs) -> anyhow::Result<()> {
                 delivered: 0,
                 failed: 0,
                 queued: b.queued,
-                oldest_age: b.oldest_queued_at_ms.map(|t| Duration::from_millis(now.saturating_sub(t))),
+                oldest_age: b
+                    .oldest_queued_at_ms
+                    .map(|t| Duration::from_millis(now.saturating_sub(t))),
             }
         })
         .collect();
-    println!("spool {}: {} events, {} dropped (spool full) since creation", path.display(), spool.len()?, spool.dropped_total()?);
+    println!(
+        "spool {}: {} events, {} dropped (spool full) since creation",
+        path.display(),
+        spool.len()?,
+        spool.dropped_total()?
+    );
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{:<20} {:<8} {:>8} {:>12}", "SINK", "KIND", "QUEUED", "OLDEST_AGE_S");
+    let _ = writeln!(
+        out,
+        "{:<20} {:<8} {:>8} {:>12}",
+        "SINK", "KIND", "QUEUED", "OLDEST_AGE_S"
+    );
     for r in rows {
-        let age = r.oldest_age.map(|d| format!("{:.1}", d.as_secs_f64())).unwrap_or_else(|| "-".into());
-        let _ = writeln!(out, "{:<20} {:<8} {:>8} {:>12}", r.name, r.kind, r.queued, age);
+        let age = r
+            .oldest_age
+            .map(|d| format!("{:.1}", d.as_secs_f64()))
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            out,
+            "{:<20} {:<8} {:>8} {:>12}",
+            r.name, r.kind, r.queued, age
+        );
     }
     Ok(())
 }

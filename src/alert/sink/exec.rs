@@ -23,7 +23,10 @@ pub struct ExecSink {
 impl ExecSink {
     /// From a resolved config.
     pub fn new(name: &str, cfg: &ExecConfig) -> Self {
-        ExecSink { name: name.to_string(), cfg: cfg.clone() }
+        ExecSink {
+            name: name.to_string(),
+            cfg: cfg.clone(),
+        }
     }
 }
 
@@ -50,7 +53,13 @@ impl Sink for ExecSink {
             .stderr(Stdio::piped())
             .env("ADVGUARD_EVENT_ID", &ev.event_id)
             .env("ADVGUARD_ID", &ev.id)
-            .env("ADVGUARD_PHASE", serde_json::to_value(ev.phase).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default())
+            .env(
+                "ADVGUARD_PHASE",
+                serde_json::to_value(ev.phase)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+            )
             .env("ADVGUARD_CAMERA", &ev.camera)
             .process_group(0);
         let mut tmp = TempFiles(Vec::new());
@@ -59,13 +68,20 @@ impl Sink for ExecSink {
             ("ADVGUARD_HEATMAP_PNG", "png", &ev.heatmap_png),
         ] {
             if let Some(d) = data {
-                let p = std::env::temp_dir().join(format!("advguard-{}-{}.{ext}", std::process::id(), uuid::Uuid::new_v4()));
-                std::fs::write(&p, d.as_slice()).map_err(|e| SinkError(format!("writing {}: {e}", p.display())))?;
+                let p = std::env::temp_dir().join(format!(
+                    "advguard-{}-{}.{ext}",
+                    std::process::id(),
+                    uuid::Uuid::new_v4()
+                ));
+                std::fs::write(&p, d.as_slice())
+                    .map_err(|e| SinkError(format!("writing {}: {e}", p.display())))?;
                 cmd.env(var, &p);
                 tmp.0.push(p);
             }
         }
-        let mut child = cmd.spawn().map_err(|e| SinkError(format!("spawning {:?}: {e}", self.cfg.command[0])))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| SinkError(format!("spawning {:?}: {e}", self.cfg.command[0])))?;
         let pid = child.id();
         if let Some(mut stdin) = child.stdin.take() {
             std::thread::spawn(move || {
@@ -100,14 +116,25 @@ impl Sink for ExecSink {
                     )));
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                Err(e) => return Err(SinkError(format!("waiting for {:?}: {e}", self.cfg.command[0]))),
+                Err(e) => {
+                    return Err(SinkError(format!(
+                        "waiting for {:?}: {e}",
+                        self.cfg.command[0]
+                    )));
+                }
             }
         };
         if status.success() {
             Ok(())
         } else {
-            let err = erx.recv_timeout(Duration::from_millis(200)).unwrap_or_default();
-            Err(SinkError(format!("{:?} exited with {status}: {}", self.cfg.command[0], err.trim())))
+            let err = erx
+                .recv_timeout(Duration::from_millis(200))
+                .unwrap_or_default();
+            Err(SinkError(format!(
+                "{:?} exited with {status}: {}",
+                self.cfg.command[0],
+                err.trim()
+            )))
         }
     }
 }

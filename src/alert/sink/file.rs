@@ -20,12 +20,19 @@ impl FileSink {
     /// From a resolved config.
     pub fn new(name: &str, cfg: &FileConfig) -> Result<Self, SinkError> {
         let path = PathBuf::from(&cfg.path);
-        if let Some(d) = path.parent() {
-            if !d.as_os_str().is_empty() {
-                std::fs::create_dir_all(d).map_err(|e| SinkError(format!("creating {}: {e}", d.display())))?;
-            }
+        if let Some(d) = path.parent()
+            && !d.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(d)
+                .map_err(|e| SinkError(format!("creating {}: {e}", d.display())))?;
         }
-        Ok(FileSink { name: name.to_string(), path, max_bytes: cfg.max_bytes, keep: cfg.keep, file: None })
+        Ok(FileSink {
+            name: name.to_string(),
+            path,
+            max_bytes: cfg.max_bytes,
+            keep: cfg.keep,
+            file: None,
+        })
     }
 
     fn rotated(&self, i: usize) -> PathBuf {
@@ -37,7 +44,13 @@ impl FileSink {
     fn rotate(&mut self) -> std::io::Result<()> {
         self.file = None;
         if self.keep == 0 {
-            return std::fs::remove_file(&self.path).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) });
+            return std::fs::remove_file(&self.path).or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            });
         }
         let _ = std::fs::remove_file(self.rotated(self.keep));
         for i in (1..self.keep).rev() {
@@ -51,14 +64,20 @@ impl FileSink {
 
     fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
         if self.file.is_none() {
-            let f = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
             let len = f.metadata()?.len();
             self.file = Some((f, len));
         }
         let len = self.file.as_ref().map(|(_, l)| *l).unwrap_or(0);
         if len > 0 && len + line.len() as u64 > self.max_bytes {
             self.rotate()?;
-            let f = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
             self.file = Some((f, 0));
         }
         let (f, len) = self.file.as_mut().expect("opened");

@@ -57,7 +57,10 @@ pub fn event_json(ev: &Event, attachments: bool) -> Vec<u8> {
     let mut v = serde_json::to_value(ev).expect("event serializes");
     if let Some(m) = v.as_object_mut() {
         if let Some(j) = &ev.snapshot_jpeg {
-            m.insert("snapshot_jpeg_base64".into(), b64.encode(j.as_slice()).into());
+            m.insert(
+                "snapshot_jpeg_base64".into(),
+                b64.encode(j.as_slice()).into(),
+            );
         }
         if let Some(p) = &ev.heatmap_png {
             m.insert("heatmap_png_base64".into(), b64.encode(p.as_slice()).into());

@@ -34,14 +34,25 @@ pub struct MqttSink {
 }
 
 fn topic_part(s: &str) -> String {
-    s.chars().map(|c| if matches!(c, '/' | '+' | '#') || c.is_control() { '_' } else { c }).collect()
+    s.chars()
+        .map(|c| {
+            if matches!(c, '/' | '+' | '#') || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 impl MqttSink {
     /// Connects (in the background) to the configured broker.
     pub fn new(name: &str, cfg: &MqttConfig) -> Result<Self, SinkError> {
         let prefix = cfg.topic_prefix.clone();
-        let client_id = cfg.client_id.clone().unwrap_or_else(|| format!("advguard-{}", topic_part(&prefix)));
+        let client_id = cfg
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("advguard-{}", topic_part(&prefix)));
         let mut opts = MqttOptions::new(client_id, cfg.host.clone(), cfg.port);
         opts.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs));
         opts.set_clean_session(true);
@@ -56,7 +67,12 @@ impl MqttSink {
         let connected = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (client, connected, stop, name) = (client.clone(), connected.clone(), stop.clone(), name.to_string());
+            let (client, connected, stop, name) = (
+                client.clone(),
+                connected.clone(),
+                stop.clone(),
+                name.to_string(),
+            );
             std::thread::Builder::new()
                 .name(format!("alert-mqtt-{name}"))
                 .spawn(move || run_connection(conn, client, avail, tx, connected, stop, name))
@@ -84,7 +100,13 @@ impl MqttSink {
     }
 
     /// Publishes one QoS 1 message and waits for its PUBACK.
-    fn publish_acked(&self, topic: &str, retain: bool, payload: Vec<u8>, deadline: Instant) -> Result<(), SinkError> {
+    fn publish_acked(
+        &self,
+        topic: &str,
+        retain: bool,
+        payload: Vec<u8>,
+        deadline: Instant,
+    ) -> Result<(), SinkError> {
         while self.notes.try_recv().is_ok() {}
         self.client
             .try_publish(topic, QoS::AtLeastOnce, retain, payload)
@@ -102,7 +124,9 @@ impl MqttSink {
                         self.cfg.host, self.cfg.port, self.cfg.timeout_secs
                     )));
                 }
-                Err(RecvTimeoutError::Disconnected) => return Err(SinkError("MQTT connection thread ended".into())),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(SinkError("MQTT connection thread ended".into()));
+                }
             }
         }
     }
@@ -164,7 +188,10 @@ impl Sink for MqttSink {
     fn deliver(&mut self, ev: &Event) -> Result<(), SinkError> {
         let deadline = Instant::now() + Duration::from_secs_f64(self.cfg.timeout_secs);
         if !self.wait_connected(deadline) {
-            return Err(SinkError(format!("MQTT {}:{}: not connected", self.cfg.host, self.cfg.port)));
+            return Err(SinkError(format!(
+                "MQTT {}:{}: not connected",
+                self.cfg.host, self.cfg.port
+            )));
         }
         let p = &self.cfg.topic_prefix;
         let json = serde_json::to_vec(ev).expect("event serializes");
@@ -172,10 +199,20 @@ impl Sink for MqttSink {
         if self.cfg.snapshots {
             let cam = topic_part(&ev.camera);
             if let Some(j) = &ev.snapshot_jpeg {
-                self.publish_acked(&format!("{p}/{cam}/snapshot"), self.cfg.retain_snapshots, j.to_vec(), deadline)?;
+                self.publish_acked(
+                    &format!("{p}/{cam}/snapshot"),
+                    self.cfg.retain_snapshots,
+                    j.to_vec(),
+                    deadline,
+                )?;
             }
             if let Some(h) = &ev.heatmap_png {
-                self.publish_acked(&format!("{p}/{cam}/heatmap"), self.cfg.retain_snapshots, h.to_vec(), deadline)?;
+                self.publish_acked(
+                    &format!("{p}/{cam}/heatmap"),
+                    self.cfg.retain_snapshots,
+                    h.to_vec(),
+                    deadline,
+                )?;
             }
         }
         Ok(())

@@ -18,8 +18,12 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 
 /// Checks an `X-Advguard-Signature` header value against the body (constant time).
 pub fn verify_signature(secret: &[u8], body: &[u8], header: &str) -> bool {
-    let Some(hexsig) = header.trim().strip_prefix("sha256=") else { return false };
-    let Ok(sig) = hex::decode(hexsig) else { return false };
+    let Some(hexsig) = header.trim().strip_prefix("sha256=") else {
+        return false;
+    };
+    let Ok(sig) = hex::decode(hexsig) else {
+        return false;
+    };
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
     mac.update(body);
     mac.verify_slice(&sig).is_ok()
@@ -40,7 +44,11 @@ impl WebhookSink {
             .timeout(t)
             .user_agent(concat!("advguard/", env!("CARGO_PKG_VERSION")))
             .build();
-        Ok(WebhookSink { name: name.to_string(), cfg: cfg.clone(), agent })
+        Ok(WebhookSink {
+            name: name.to_string(),
+            cfg: cfg.clone(),
+            agent,
+        })
     }
 }
 
@@ -70,7 +78,11 @@ impl Sink for WebhookSink {
             Err(ureq::Error::Status(code, resp)) => {
                 let txt = resp.into_string().unwrap_or_default();
                 let txt: String = txt.chars().take(200).collect();
-                Err(SinkError(format!("HTTP {code} from {}: {}", self.cfg.url, txt.trim())))
+                Err(SinkError(format!(
+                    "HTTP {code} from {}: {}",
+                    self.cfg.url,
+                    txt.trim()
+                )))
             }
             Err(e) => Err(SinkError(format!("POST {}: {e}", self.cfg.url))),
         }
