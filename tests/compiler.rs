@@ -19,7 +19,7 @@ use tract_onnx::prelude::*;
 
 // ---------------------------------------------------------------- helpers
 
-type Runnable = TypedRunnableModel;
+type Runnable = std::sync::Arc<TypedRunnableModel>;
 
 fn runnable(m: &ModelProto) -> Runnable {
     tract_onnx::onnx()

@@ -136,7 +136,7 @@ impl Ref {
             let ins: Vec<&T> = n.input.iter().filter(|i| !i.is_empty()).map(|i| &vals[i]).collect();
             let y = &vals[&n.output[0]];
             let gins = bwd_node(n, &ins, y, &gy, guided);
-            for (i, gi) in gins.into_iter().enumerate() {
+            for (i, gi) in gins.into_iter().enumerate().take(n.input.len()) {
                 let name = &n.input[i];
                 if self.consts.contains_key(name) {
                     continue;
