@@ -704,3 +704,62 @@ fn bench_forward_vs_guard() {
         eprintln!("{name}: forward {f:.1} ms, guard (guided, last-conv) {g:.1} ms, ratio {:.2}", g / f);
     }
 }
+
+/// Ad-hoc micro timing of single adjoints: `cargo test --test compiler -- --ignored --nocapture micro_`.
+#[test]
+#[ignore]
+fn micro_adjoint_timings() {
+    let mut rng = StdRng::seed_from_u64(1);
+    let cases: Vec<(&str, Vec<usize>, Box<dyn Fn(&mut GraphBuilder, &str, &mut StdRng) -> String>)> = vec![
+        (
+            "maxpool3x3/2 64x111",
+            vec![1, 64, 111, 111],
+            Box::new(|b: &mut GraphBuilder, x: &str, _: &mut StdRng| {
+                b.node("MaxPool", &[x], vec![attr_ints("kernel_shape", &[3, 3]), attr_ints("strides", &[2, 2])])
+            }),
+        ),
+        (
+            "conv3x3/2 3->64 224",
+            vec![1, 3, 224, 224],
+            Box::new(|b: &mut GraphBuilder, x: &str, rng: &mut StdRng| {
+                let w = conv_w(b, rng, 64, 3, 3);
+                b.node("Conv", &[x, &w], vec![attr_ints("strides", &[2, 2])])
+            }),
+        ),
+        (
+            "conv3x3/1 64->64 55 + relu",
+            vec![1, 64, 55, 55],
+            Box::new(|b: &mut GraphBuilder, x: &str, rng: &mut StdRng| {
+                let w = conv_w(b, rng, 64, 64, 3);
+                let c = b.node("Conv", &[x, &w], vec![attr_ints("pads", &[1, 1, 1, 1])]);
+                b.node("Relu", &[&c], vec![])
+            }),
+        ),
+    ];
+    for (name, shape, f) in cases {
+        let mut b = GraphBuilder::new(13);
+        let x = b.input("x", &shape);
+        let y = f(&mut b, &x, &mut rng);
+        let g = b.node("GlobalAveragePool", &[&y], vec![]);
+        let fl = b.node("Flatten", &[&g], vec![]);
+        b.output(&fl, None);
+        let m = b.build();
+        let guard = compile(&m, &CompileOptions { seed: Seed::Tensor(y.clone()), ..Default::default() }).unwrap();
+        let n: usize = shape.iter().product();
+        let xv = rand_vec(&mut rng, n, 1.0);
+        let med = |r: &Runnable| {
+            let t: Tensor = Tensor::from_shape(&shape, &xv).unwrap();
+            let mut v: Vec<f64> = (0..11)
+                .map(|_| {
+                    let s = std::time::Instant::now();
+                    r.run(tvec![t.clone().into()]).unwrap();
+                    s.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            v.sort_by(f64::total_cmp);
+            v[5]
+        };
+        let (a, c) = (med(&runnable(&m)), med(&runnable(&guard)));
+        eprintln!("{name}: forward {a:.2} ms, guard {c:.2} ms");
+    }
+}

@@ -523,51 +523,67 @@ fn adjoint(cx: &mut Ctx, n: &NodeProto, gy: &str, on_path: &dyn Fn(&str) -> bool
                 let v = cx.scalar(f32::NEG_INFINITY);
                 cx.op("Pad", &[&x, &p, &v], vec![])
             };
-            // One strided slice per kernel offset, stacked on a new axis 2.
-            let kk = w.k[0] * w.k[1];
-            let mut slices = vec![];
+            // Per kernel offset: strided slice == pooled → mask · grad, placed by
+            // phase (offset·d mod s) and shift (offset·d div s), then the s×s phases
+            // are interleaved (depth-to-space with Concat + Reshape).
+            let (s0, s1) = (w.s[0], w.s[1]);
+            let hq = full[0].div_ceil(s0);
+            let wq = full[1].div_ceil(s1);
+            let mut phases: Vec<Vec<Vec<String>>> = vec![vec![vec![]; s1]; s0];
             for i in 0..w.k[0] {
                 for j in 0..w.k[1] {
-                    let (oi, oj) = ((i * w.d[0]) as i64, (j * w.d[1]) as i64);
+                    let (oi, oj) = (i * w.d[0], j * w.d[1]);
                     let s = cx.slice(
                         &xp,
-                        &[oi, oj],
-                        &[oi + ((ho - 1) * w.s[0]) as i64 + 1, oj + ((wo - 1) * w.s[1]) as i64 + 1],
+                        &[oi as i64, oj as i64],
+                        &[(oi + (ho - 1) * s0) as i64 + 1, (oj + (wo - 1) * s1) as i64 + 1],
                         &[2, 3],
-                        Some(&[w.s[0] as i64, w.s[1] as i64]),
+                        Some(&[s0 as i64, s1 as i64]),
                     );
-                    slices.push(cx.reshape(&s, &[1, c, 1, ho, wo]));
+                    let eq = cx.op("Equal", &[&s, &y], vec![]);
+                    let mask = cx.cast_float(&eq);
+                    let r = cx.op("Mul", &[&mask, gy], vec![]);
+                    let (qi, qj) = (oi / s0, oj / s1);
+                    let pads = [qi, qj, hq - ho - qi, wq - wo - qj];
+                    let r = if pads.iter().all(|&p| p == 0) {
+                        r
+                    } else {
+                        let p = cx.ci64(
+                            "pads",
+                            &[0, 0, pads[0] as i64, pads[1] as i64, 0, 0, pads[2] as i64, pads[3] as i64],
+                        );
+                        cx.op("Pad", &[&r, &p], vec![])
+                    };
+                    phases[oi % s0][oj % s1].push(r);
                 }
             }
-            let refs: Vec<&str> = slices.iter().map(|s| s.as_str()).collect();
-            let stack = cx.op("Concat", &refs, vec![attr_int("axis", 2)]);
-            let y5 = cx.reshape(&y, &[1, c, 1, ho, wo]);
-            let g5 = cx.reshape(gy, &[1, c, 1, ho, wo]);
-            let eq = cx.op("Equal", &[&stack, &y5], vec![]);
-            let mask = cx.cast_float(&eq);
-            let routed = cx.op("Mul", &[&mask, &g5], vec![]);
-            let routed = cx.reshape(&routed, &[1, c * kk, ho, wo]);
-            // One-hot depthwise ConvTranspose: offset o of channel c goes to (i*d, j*d).
-            let mut kern = vec![0f32; c * kk * eff[0] * eff[1]];
-            for ch in 0..c {
-                for i in 0..w.k[0] {
-                    for j in 0..w.k[1] {
-                        let o = i * w.k[1] + j;
-                        kern[((ch * kk + o) * eff[0] + i * w.d[0]) * eff[1] + j * w.d[1]] = 1.0;
-                    }
+            let mut rows = vec![];
+            for ph in phases {
+                let mut cols = vec![];
+                for parts in ph {
+                    let t = match cx.accumulate(&parts) {
+                        Some(t) => t,
+                        None => cx.cf32("zeros", &[1, c, hq, wq], vec![0.0; c * hq * wq]),
+                    };
+                    cols.push(if s1 > 1 { cx.reshape(&t, &[1, c, hq, wq, 1]) } else { t });
                 }
+                let row = if s1 > 1 {
+                    let refs: Vec<&str> = cols.iter().map(|s| s.as_str()).collect();
+                    let cat = cx.op("Concat", &refs, vec![attr_int("axis", 4)]);
+                    cx.reshape(&cat, &[1, c, hq, 1, wq * s1])
+                } else {
+                    cx.reshape(&cols[0], &[1, c, hq, 1, wq])
+                };
+                rows.push(row);
             }
-            let kern = cx.cf32("onehot_kernel", &[c * kk, 1, eff[0], eff[1]], kern);
-            let scat = cx.op(
-                "ConvTranspose",
-                &[&routed, &kern],
-                vec![
-                    attr_ints("kernel_shape", &[eff[0] as i64, eff[1] as i64]),
-                    attr_ints("strides", &[w.s[0] as i64, w.s[1] as i64]),
-                    attr_int("group", c as i64),
-                ],
-            );
-            let g = cx.crop(&scat, full, w.pb, [xs[2], xs[3]]);
+            let g = if s0 > 1 {
+                let refs: Vec<&str> = rows.iter().map(|s| s.as_str()).collect();
+                cx.op("Concat", &refs, vec![attr_int("axis", 3)])
+            } else {
+                rows.pop().unwrap()
+            };
+            let g = cx.reshape(&g, &[1, c, hq * s0, wq * s1]);
+            let g = cx.crop(&g, [hq * s0, wq * s1], w.pb, [xs[2], xs[3]]);
             out.push((x, g));
         }
         "AveragePool" => {
