@@ -1,50 +1,227 @@
-//! Guard-graph compiler. (placeholder: the compiler branch replaces this file)
+//! The guard-graph compiler: classifier ONNX → ONNX with forward + (guided) backward.
+//!
+//! The backward pass is written as ordinary forward ONNX ops (see `docs/COMPILER.md`
+//! and DESIGN.md's adjoint table), so any backend (tract, ONNX Runtime, TensorRT)
+//! runs a whole guard frame in one call. Outputs: the model's own outputs,
+//! [`LOGITS`](crate::engine::LOGITS) and [`RESPONSE`](crate::engine::RESPONSE).
 
-use crate::onnx::ModelProto;
+mod adjoint;
+mod prepare;
 
-/// Backward mode.
+use crate::onnx::{OnnxError, pb::ModelProto};
+use std::fmt;
+use std::str::FromStr;
+
+/// How ReLU-like nodes pass gradients back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
-    /// Guided backpropagation.
+    /// Guided backpropagation (Springenberg et al.): at each ReLU, g·(x>0)·(g>0).
     #[default]
     Guided,
-    /// True gradient.
+    /// The true gradient: g·(x>0).
     Plain,
 }
 
-/// Where the backward pass starts.
+/// Where the backward pass starts, and with which gradient.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Seed {
-    /// Last conv activations.
+    /// The last spatial Conv's output (after its Relu/Clip, if that is its only
+    /// consumer), seeded with its own values: the gradient of ½‖a‖². The paper's choice.
     #[default]
     LastConv,
-    /// A named tensor's activations.
+    /// A named tensor, seeded with its own values (gradient of ½‖t‖²).
     Tensor(String),
-    /// The top-1 logit.
+    /// One-hot at the arg-max of the logits, computed in the graph.
     Top1,
-    /// A fixed class logit.
+    /// Constant one-hot at this class.
     Class(usize),
-    /// An external `seed` input on the logits.
+    /// An extra graph input `seed` (shape of `logits`); the backward pass starts at `logits`.
     Input,
 }
 
-/// Compiler options.
+/// Options of [`compile`].
 #[derive(Debug, Clone, Default)]
 pub struct CompileOptions {
-    /// Backward mode.
+    /// Guided or plain backward.
     pub mode: Mode,
-    /// Seed.
+    /// Where the backward pass starts.
     pub seed: Seed,
-    /// Input shape override.
+    /// N×C×H×W input shape (N is pinned to 1); `None` takes the model's declared shape.
     pub input_shape: Option<[usize; 4]>,
 }
 
-/// Compiler errors.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct CompileError(pub String);
+/// Ops whose adjoint the compiler can write (only ops on the input → seed path need one).
+pub const SUPPORTED_OPS: &[&str] = &[
+    "Add",
+    "AveragePool",
+    "BatchNormalization",
+    "Clip",
+    "Concat",
+    "Conv",
+    "Div",
+    "Dropout",
+    "Flatten",
+    "Gemm",
+    "GlobalAveragePool",
+    "Identity",
+    "MatMul",
+    "MaxPool",
+    "Mul",
+    "Neg",
+    "Pad",
+    "Relu",
+    "Reshape",
+    "Squeeze",
+    "Sub",
+    "Sum",
+    "Transpose",
+    "Unsqueeze",
+];
 
-/// Compiles a guard graph.
-pub fn compile(_model: &ModelProto, _opts: &CompileOptions) -> Result<ModelProto, CompileError> {
-    Err(CompileError("compiler not merged yet".into()))
+/// Every op a guard graph of a supported model may contain; all are in TensorRT's
+/// ONNX parser op set (no MaxPool `Indices`, MaxUnpool, Scatter*, ArgMax, OneHot,
+/// com.microsoft ops).
+pub const TENSORRT_SAFE_OPS: &[&str] = &[
+    "Add",
+    "And",
+    "AveragePool",
+    "BatchNormalization",
+    "Cast",
+    "Clip",
+    "Concat",
+    "Constant",
+    "Conv",
+    "ConvTranspose",
+    "Div",
+    "Equal",
+    "Expand",
+    "Flatten",
+    "Gemm",
+    "GlobalAveragePool",
+    "Greater",
+    "Identity",
+    "Less",
+    "MatMul",
+    "MaxPool",
+    "Mul",
+    "Neg",
+    "Pad",
+    "ReduceMax",
+    "ReduceSum",
+    "Relu",
+    "Reshape",
+    "Slice",
+    "Softmax",
+    "Squeeze",
+    "Sub",
+    "Sum",
+    "Transpose",
+    "Unsqueeze",
+];
+
+/// Errors of [`compile`].
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// An op on the input → seed path has no adjoint.
+    #[error("unsupported op {op:?} at node {node:?} (supported: {})", SUPPORTED_OPS.join(", "))]
+    UnsupportedOp { op: String, node: String },
+    /// A supported op with attributes or inputs the compiler cannot differentiate.
+    #[error("node {node:?} ({op}): {msg}")]
+    Unsupported { op: String, node: String, msg: String },
+    /// The model's structure is not usable (no graph, no input, several inputs, ...).
+    #[error("invalid model: {0}")]
+    Invalid(String),
+    /// Static shapes could not be inferred.
+    #[error("shape inference: {0}")]
+    Shape(String),
+    /// The seed could not be placed.
+    #[error("seed: {0}")]
+    Seed(String),
+    /// Reading the model IR failed.
+    #[error(transparent)]
+    Onnx(#[from] OnnxError),
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "guided" => Ok(Mode::Guided),
+            "plain" => Ok(Mode::Plain),
+            o => Err(format!("unknown mode {o:?} (expected guided or plain)")),
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Guided => "guided",
+            Mode::Plain => "plain",
+        })
+    }
+}
+
+impl FromStr for Seed {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        match t {
+            "last-conv" | "lastconv" => return Ok(Seed::LastConv),
+            "top1" => return Ok(Seed::Top1),
+            "input" => return Ok(Seed::Input),
+            _ => {}
+        }
+        if let Some(n) = t.strip_prefix("class:") {
+            return n
+                .trim()
+                .parse::<usize>()
+                .map(Seed::Class)
+                .map_err(|_| format!("bad class index in seed {t:?} (expected class:N)"));
+        }
+        if let Some(n) = t.strip_prefix("tensor:") {
+            if n.is_empty() {
+                return Err("empty tensor name in seed (expected tensor:NAME)".into());
+            }
+            return Ok(Seed::Tensor(n.to_string()));
+        }
+        Err(format!("unknown seed {t:?} (expected last-conv, top1, class:N, tensor:NAME or input)"))
+    }
+}
+
+impl fmt::Display for Seed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Seed::LastConv => f.write_str("last-conv"),
+            Seed::Tensor(n) => write!(f, "tensor:{n}"),
+            Seed::Top1 => f.write_str("top1"),
+            Seed::Class(c) => write!(f, "class:{c}"),
+            Seed::Input => f.write_str("input"),
+        }
+    }
+}
+
+/// Compiles a classifier into a guard graph.
+///
+/// The result has one image input (shape pinned to N=1 and the given or declared
+/// size; plus `seed` for [`Seed::Input`]) and the outputs: the model's own outputs,
+/// `logits` (the pre-Softmax scores, 1×classes) and `response` (the gradient at
+/// the input, N×C×H×W). Only nodes on a path from the input to the seed get adjoints.
+pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<ModelProto, CompileError> {
+    let prepared = prepare::prepare(model, opts)?;
+    adjoint::build(prepared, opts)
+}
+
+/// Name and declared dims (`None` = symbolic) of the model's image input.
+pub fn image_input(model: &ModelProto) -> Result<(String, Vec<Option<usize>>), CompileError> {
+    let inputs = crate::onnx::real_inputs(model);
+    match inputs.as_slice() {
+        [one] => Ok((one.name.clone(), crate::onnx::declared_dims(one).unwrap_or_default())),
+        [] => Err(CompileError::Invalid("the graph has no input".into())),
+        many => Err(CompileError::Invalid(format!(
+            "the graph has {} inputs ({}); a classifier with one image input is expected",
+            many.len(),
+            many.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
 }
