@@ -107,12 +107,18 @@ impl Preprocess {
                 let scaled = if short >= s && short * 10 <= s * 11 {
                     img.clone()
                 } else {
-                    let k = self.resize_to as f32 / short as f32;
-                    let (nw, nh) = ((w as f32 * k).round() as u32, (h as f32 * k).round() as u32);
-                    resize(img, nw.max(s), nh.max(s), FilterType::Triangle)
+                    // torchvision's Resize(256): the long side is truncated, not rounded.
+                    let r = self.resize_to as u64;
+                    let (nw, nh) = if w <= h {
+                        (r, r * h as u64 / w as u64)
+                    } else {
+                        (r * w as u64 / h as u64, r)
+                    };
+                    resize(img, (nw as u32).max(s), (nh as u32).max(s), FilterType::Triangle)
                 };
                 let (sw, sh) = scaled.dimensions();
-                crop_imm(&scaled, (sw - s) / 2, (sh - s) / 2, s, s).to_image()
+                // Centre offsets rounded half-up, as torchvision's CenterCrop.
+                crop_imm(&scaled, (sw - s).div_ceil(2), (sh - s).div_ceil(2), s, s).to_image()
             }
         }
     }

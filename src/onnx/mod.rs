@@ -14,7 +14,8 @@ pub use tract_onnx::pb;
 
 use pb::attribute_proto::AttributeType;
 use pb::tensor_proto::DataType;
-use pb::{AttributeProto, ModelProto, NodeProto, TensorProto, ValueInfoProto};
+pub use pb::ModelProto;
+use pb::{AttributeProto, NodeProto, TensorProto, ValueInfoProto};
 use prost::Message;
 use std::path::Path;
 

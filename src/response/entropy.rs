@@ -71,11 +71,12 @@ pub fn local_entropy_q(q: ArrayView2<u8>) -> Array2<f32> {
         }
         let row = out.row_mut(y);
         for (x, o) in row.into_iter().enumerate() {
-            if x >= 1 && x + 1 < w {
-                col(x + 1, true, &mut hist, &mut t, &mut n);
-            }
+            // Remove before adding, so no count ever exceeds the 9 the table covers.
             if x >= 2 {
                 col(x - 2, false, &mut hist, &mut t, &mut n);
+            }
+            if x >= 1 && x + 1 < w {
+                col(x + 1, true, &mut hist, &mut t, &mut n);
             }
             let nf = n as f64;
             *o = (nf.log2() - t / nf).max(0.0) as f32;
