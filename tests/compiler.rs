@@ -763,3 +763,30 @@ fn micro_adjoint_timings() {
         eprintln!("{name}: forward {a:.2} ms, guard {c:.2} ms");
     }
 }
+
+/// Ad-hoc per-op-kind profile of a guard frame: `cargo test --test compiler -- --ignored --nocapture profile_`.
+#[test]
+#[ignore]
+fn profile_guard_ops() {
+    let which = std::env::var("PROFILE_MODEL").unwrap_or_else(|_| "mobilenet_v2_1.0_224.onnx".into());
+    let (name, x) = shared_models().into_iter().find(|(n, _)| *n == which).unwrap();
+    let model = onnx::load(&model_path(name)).unwrap();
+    let r = runnable(&compile(&model, &CompileOptions::default()).unwrap());
+    let mut acc: std::collections::HashMap<String, f64> = Default::default();
+    for _ in 0..5 {
+        let t: Tensor = Tensor::from_shape(&SHAPE, &x).unwrap();
+        let mut st = r.spawn().unwrap();
+        st.run_plan_with_eval(tvec![t.into()], |ctx, state, node, input| {
+            let s = std::time::Instant::now();
+            let o = tract_onnx::tract_core::plan::eval(ctx, state, node, input);
+            *acc.entry(node.op().name().to_string()).or_default() += s.elapsed().as_secs_f64() * 1e3 / 5.0;
+            o
+        })
+        .unwrap();
+    }
+    let mut v: Vec<_> = acc.into_iter().collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (k, t) in v.iter().take(15) {
+        eprintln!("{name}: {k:30} {t:7.2} ms");
+    }
+}

@@ -110,6 +110,7 @@ pub const TENSORRT_SAFE_OPS: &[&str] = &[
     "ReduceSum",
     "Relu",
     "Reshape",
+    "Sign",
     "Slice",
     "Softmax",
     "Squeeze",
