@@ -31,11 +31,11 @@ pub const BOOL: i32 = DataType::Bool as i32;
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
     /// The file could not be read.
-    #[error("{path}: cannot read: {source}")]
-    Read { path: String, source: std::io::Error },
+    #[error("{path}: cannot read: {err}")]
+    Read { path: String, err: std::io::Error },
     /// The file could not be written.
-    #[error("{path}: cannot write: {source}")]
-    Write { path: String, source: std::io::Error },
+    #[error("{path}: cannot write: {err}")]
+    Write { path: String, err: std::io::Error },
     /// The bytes are not a protobuf ModelProto.
     #[error("{origin}: not an ONNX model: protobuf decode failed ({msg})")]
     Decode { origin: String, msg: String },
@@ -50,7 +50,7 @@ pub enum OnnxError {
 /// Reads an ONNX model from a file and converts FP16 models to FP32.
 pub fn load(path: &Path) -> Result<ModelProto, OnnxError> {
     let bytes = std::fs::read(path)
-        .map_err(|source| OnnxError::Read { path: path.display().to_string(), source })?;
+        .map_err(|err| OnnxError::Read { path: path.display().to_string(), err })?;
     decode_from(&bytes, &path.display().to_string())
 }
 
@@ -78,7 +78,7 @@ pub fn encode(model: &ModelProto) -> Vec<u8> {
 /// Writes a model to a file.
 pub fn save(model: &ModelProto, path: &Path) -> Result<(), OnnxError> {
     std::fs::write(path, encode(model))
-        .map_err(|source| OnnxError::Write { path: path.display().to_string(), source })
+        .map_err(|err| OnnxError::Write { path: path.display().to_string(), err })
 }
 
 /// Converts every FP16 element of the model to FP32: initializers, graph
