@@ -73,6 +73,10 @@ pub(super) fn prepare(model: &ModelProto, opts: &CompileOptions) -> Result<Prepa
         *vi = onnx::value_info(&input, elem, Some(&input_shape));
     }
     g.value_info.clear();
+    // Initializers listed as graph inputs (old exporters) would be overridable
+    // inputs to ONNX Runtime/TensorRT and block constant folding: drop them.
+    let inits: HashSet<String> = g.initializer.iter().map(|t| t.name.clone()).collect();
+    g.input.retain(|vi| !inits.contains(&vi.name));
     for o in g.output.iter_mut() {
         let et = match o.r#type.as_ref().and_then(|t| t.value.as_ref()) {
             Some(pb::type_proto::Value::TensorType(tt)) => tt.elem_type,
