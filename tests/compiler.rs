@@ -710,7 +710,8 @@ fn bench_forward_vs_guard() {
 #[ignore]
 fn micro_adjoint_timings() {
     let mut rng = StdRng::seed_from_u64(1);
-    let cases: Vec<(&str, Vec<usize>, Box<dyn Fn(&mut GraphBuilder, &str, &mut StdRng) -> String>)> = vec![
+    type Make = Box<dyn Fn(&mut GraphBuilder, &str, &mut StdRng) -> String>;
+    let cases: Vec<(&str, Vec<usize>, Make)> = vec![
         (
             "maxpool3x3/2 64x111",
             vec![1, 64, 111, 111],

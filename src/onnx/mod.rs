@@ -121,7 +121,7 @@ fn tensor_fp16_to_fp32(t: &mut TensorProto) -> Result<bool, OnnxError> {
         return Ok(false);
     }
     let bits: Vec<u16> = if !t.raw_data.is_empty() {
-        if t.raw_data.len() % 2 != 0 {
+        if !t.raw_data.len().is_multiple_of(2) {
             return Err(OnnxError::Tensor { name: t.name.clone(), msg: "odd FP16 raw_data length".into() });
         }
         t.raw_data.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect()

@@ -94,7 +94,7 @@ pub(super) fn prepare(model: &ModelProto, opts: &CompileOptions) -> Result<Prepa
     // The logits: the input of a final Softmax, else the first output.
     let g = m.graph.as_mut().unwrap();
     let out0 = g.output[0].name.clone();
-    let producer = g.node.iter().find(|n| n.output.iter().any(|o| *o == out0));
+    let producer = g.node.iter().find(|n| n.output.contains(&out0));
     let mut pre_logits = match producer {
         Some(p) if p.op_type == "Softmax" || p.op_type == "LogSoftmax" => p.input[0].clone(),
         _ => out0.clone(),
