@@ -1053,3 +1053,22 @@ fn profile_guard_ops() {
         eprintln!("{name}: {k:30} {t:7.2} ms");
     }
 }
+
+/// Cross-engine helper: writes guard graphs and tract's response on the test photo to
+/// `$DUMP_DIR` (for comparing with ONNX Runtime by hand):
+/// `DUMP_DIR=/tmp/d cargo test --test compiler -- --ignored dump_`.
+#[test]
+#[ignore]
+fn dump_guard_responses() {
+    let dir = PathBuf::from(std::env::var("DUMP_DIR").unwrap_or_else(|_| "/tmp/advguard-dump".into()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, x) in shared_models() {
+        let model = onnx::load(&model_path(name)).unwrap();
+        let guard = compile(&model, &CompileOptions::default()).unwrap();
+        onnx::save(&guard, &dir.join(format!("{name}.guard.onnx"))).unwrap();
+        let out = run(&runnable(&guard), vec![(SHAPE.to_vec(), x.clone())]);
+        let bytes = |v: &[f32]| v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
+        std::fs::write(dir.join(format!("{name}.input.f32")), bytes(&x)).unwrap();
+        std::fs::write(dir.join(format!("{name}.response.f32")), bytes(&out[output_index(&guard, RESPONSE)].1)).unwrap();
+    }
+}
