@@ -1060,7 +1060,8 @@ fn profile_guard_ops() {
 #[test]
 #[ignore]
 fn dump_guard_responses() {
-    let dir = PathBuf::from(std::env::var("DUMP_DIR").unwrap_or_else(|_| "/tmp/advguard-dump".into()));
+    let dir =
+        PathBuf::from(std::env::var("DUMP_DIR").unwrap_or_else(|_| "/tmp/advguard-dump".into()));
     std::fs::create_dir_all(&dir).unwrap();
     for (name, x) in shared_models() {
         let model = onnx::load(&model_path(name)).unwrap();
@@ -1069,6 +1070,10 @@ fn dump_guard_responses() {
         let out = run(&runnable(&guard), vec![(SHAPE.to_vec(), x.clone())]);
         let bytes = |v: &[f32]| v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
         std::fs::write(dir.join(format!("{name}.input.f32")), bytes(&x)).unwrap();
-        std::fs::write(dir.join(format!("{name}.response.f32")), bytes(&out[output_index(&guard, RESPONSE)].1)).unwrap();
+        std::fs::write(
+            dir.join(format!("{name}.response.f32")),
+            bytes(&out[output_index(&guard, RESPONSE)].1),
+        )
+        .unwrap();
     }
 }
