@@ -29,13 +29,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let input_shape = match args.input_size {
         None => None,
         Some(s) => {
-            let (_, dims) = image_input(&model).with_context(|| format!("{}", args.model.display()))?;
+            let (_, dims) =
+                image_input(&model).with_context(|| format!("{}", args.model.display()))?;
             let c = dims.get(1).copied().flatten().unwrap_or(3);
             Some([1, c, s, s])
         }
     };
-    let opts = CompileOptions { mode: args.mode, seed: args.seed.clone(), input_shape };
-    let guard = compile(&model, &opts).with_context(|| format!("compiling {}", args.model.display()))?;
+    let opts = CompileOptions {
+        mode: args.mode,
+        seed: args.seed.clone(),
+        input_shape,
+    };
+    let guard =
+        compile(&model, &opts).with_context(|| format!("compiling {}", args.model.display()))?;
     advguard::onnx::save(&guard, &args.output)?;
     let n_in = model.graph.as_ref().map_or(0, |g| g.node.len());
     let g = guard.graph.as_ref().unwrap();

@@ -44,7 +44,10 @@ impl GraphBuilder {
         let base = ModelProto {
             ir_version: 8,
             producer_name: "advguard".into(),
-            opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: opset }],
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: opset,
+            }],
             ..Default::default()
         };
         GraphBuilder {
@@ -85,13 +88,20 @@ impl GraphBuilder {
         names.extend(b.inputs.iter().map(|t| t.name.clone()));
         names.extend(b.outputs.iter().map(|t| t.name.clone()));
         b.names = names;
-        b.base.graph = Some(GraphProto { name: g.name, doc_string: g.doc_string, ..Default::default() });
+        b.base.graph = Some(GraphProto {
+            name: g.name,
+            doc_string: g.doc_string,
+            ..Default::default()
+        });
         b
     }
 
     /// Reserves a name exactly as given; panics if it is taken.
     pub fn reserve(&mut self, name: &str) -> String {
-        assert!(self.names.insert(name.to_string()), "name {name:?} is already used in the graph");
+        assert!(
+            self.names.insert(name.to_string()),
+            "name {name:?} is already used in the graph"
+        );
         name.to_string()
     }
 
@@ -153,15 +163,29 @@ impl GraphBuilder {
     }
 
     /// Adds a node with `n_out` outputs; returns their (fresh) names.
-    pub fn node_n(&mut self, op: &str, inputs: &[&str], n_out: usize, attrs: Vec<AttributeProto>) -> Vec<String> {
+    pub fn node_n(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        n_out: usize,
+        attrs: Vec<AttributeProto>,
+    ) -> Vec<String> {
         let name = self.fresh(op);
-        let outputs: Vec<String> = (0..n_out).map(|i| self.fresh(&format!("{name}_out{i}"))).collect();
+        let outputs: Vec<String> = (0..n_out)
+            .map(|i| self.fresh(&format!("{name}_out{i}")))
+            .collect();
         self.push_node(op, &name, inputs, &outputs, attrs);
         outputs
     }
 
     /// Adds a node with explicit output names (reserved if not already used); returns the node name.
-    pub fn node_named(&mut self, op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+    pub fn node_named(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        outputs: &[&str],
+        attrs: Vec<AttributeProto>,
+    ) -> String {
         let name = self.fresh(op);
         for o in outputs {
             self.names.insert(o.to_string());
@@ -171,7 +195,14 @@ impl GraphBuilder {
         name
     }
 
-    fn push_node(&mut self, op: &str, name: &str, inputs: &[&str], outputs: &[String], attrs: Vec<AttributeProto>) {
+    fn push_node(
+        &mut self,
+        op: &str,
+        name: &str,
+        inputs: &[&str],
+        outputs: &[String],
+        attrs: Vec<AttributeProto>,
+    ) {
         self.nodes.push(NodeProto {
             name: name.to_string(),
             op_type: op.to_string(),
@@ -194,10 +225,17 @@ impl GraphBuilder {
         g.input = self.inputs;
         g.output = self.outputs;
         m.graph = Some(g);
-        if let Some(o) = m.opset_import.iter_mut().find(|o| o.domain.is_empty() || o.domain == "ai.onnx") {
+        if let Some(o) = m
+            .opset_import
+            .iter_mut()
+            .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        {
             o.version = self.opset;
         } else {
-            m.opset_import.push(pb::OperatorSetIdProto { domain: String::new(), version: self.opset });
+            m.opset_import.push(pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: self.opset,
+            });
         }
         m
     }

@@ -32,11 +32,11 @@ pub const BOOL: i32 = DataType::Bool as i32;
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
     /// The file could not be read.
-    #[error("{path}: cannot read: {source}")]
-    Read { path: String, source: std::io::Error },
+    #[error("{path}: cannot read: {err}")]
+    Read { path: String, err: std::io::Error },
     /// The file could not be written.
-    #[error("{path}: cannot write: {source}")]
-    Write { path: String, source: std::io::Error },
+    #[error("{path}: cannot write: {err}")]
+    Write { path: String, err: std::io::Error },
     /// The bytes are not a protobuf ModelProto.
     #[error("{origin}: not an ONNX model: protobuf decode failed ({msg})")]
     Decode { origin: String, msg: String },
@@ -50,8 +50,10 @@ pub enum OnnxError {
 
 /// Reads an ONNX model from a file and converts FP16 models to FP32.
 pub fn load(path: &Path) -> Result<ModelProto, OnnxError> {
-    let bytes = std::fs::read(path)
-        .map_err(|source| OnnxError::Read { path: path.display().to_string(), source })?;
+    let bytes = std::fs::read(path).map_err(|err| OnnxError::Read {
+        path: path.display().to_string(),
+        err,
+    })?;
     decode_from(&bytes, &path.display().to_string())
 }
 
@@ -61,11 +63,17 @@ pub fn decode(bytes: &[u8]) -> Result<ModelProto, OnnxError> {
 }
 
 fn decode_from(bytes: &[u8], origin: &str) -> Result<ModelProto, OnnxError> {
-    let mut model = ModelProto::decode(bytes)
-        .map_err(|e| OnnxError::Decode { origin: origin.to_string(), msg: e.to_string() })?;
+    let mut model = ModelProto::decode(bytes).map_err(|e| OnnxError::Decode {
+        origin: origin.to_string(),
+        msg: e.to_string(),
+    })?;
     match &model.graph {
         Some(g) if !g.node.is_empty() || !g.output.is_empty() => {}
-        _ => return Err(OnnxError::NoGraph { origin: origin.to_string() }),
+        _ => {
+            return Err(OnnxError::NoGraph {
+                origin: origin.to_string(),
+            });
+        }
     }
     fp16_to_fp32(&mut model)?;
     Ok(model)
@@ -78,20 +86,29 @@ pub fn encode(model: &ModelProto) -> Vec<u8> {
 
 /// Writes a model to a file.
 pub fn save(model: &ModelProto, path: &Path) -> Result<(), OnnxError> {
-    std::fs::write(path, encode(model))
-        .map_err(|source| OnnxError::Write { path: path.display().to_string(), source })
+    std::fs::write(path, encode(model)).map_err(|err| OnnxError::Write {
+        path: path.display().to_string(),
+        err,
+    })
 }
 
 /// Converts every FP16 element of the model to FP32: initializers, graph
 /// input/output/value_info element types, `Cast(to=FLOAT16)` and tensor
 /// attributes (Constant, ConstantOfShape, ...). Returns how many items changed.
 pub fn fp16_to_fp32(model: &mut ModelProto) -> Result<usize, OnnxError> {
-    let Some(g) = model.graph.as_mut() else { return Ok(0) };
+    let Some(g) = model.graph.as_mut() else {
+        return Ok(0);
+    };
     let mut n = 0;
     for t in g.initializer.iter_mut() {
         n += tensor_fp16_to_fp32(t)? as usize;
     }
-    for vi in g.input.iter_mut().chain(g.output.iter_mut()).chain(g.value_info.iter_mut()) {
+    for vi in g
+        .input
+        .iter_mut()
+        .chain(g.output.iter_mut())
+        .chain(g.value_info.iter_mut())
+    {
         if let Some(pb::type_proto::Value::TensorType(tt)) =
             vi.r#type.as_mut().and_then(|t| t.value.as_mut())
             && tt.elem_type == FLOAT16
@@ -122,15 +139,24 @@ fn tensor_fp16_to_fp32(t: &mut TensorProto) -> Result<bool, OnnxError> {
         return Ok(false);
     }
     let bits: Vec<u16> = if !t.raw_data.is_empty() {
-        if t.raw_data.len() % 2 != 0 {
-            return Err(OnnxError::Tensor { name: t.name.clone(), msg: "odd FP16 raw_data length".into() });
+        if !t.raw_data.len().is_multiple_of(2) {
+            return Err(OnnxError::Tensor {
+                name: t.name.clone(),
+                msg: "odd FP16 raw_data length".into(),
+            });
         }
-        t.raw_data.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect()
+        t.raw_data
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect()
     } else {
         // FP16 values are stored as their bit patterns in int32_data.
         t.int32_data.iter().map(|&v| v as u16).collect()
     };
-    let vals: Vec<f32> = bits.into_iter().map(|b| half::f16::from_bits(b).to_f32()).collect();
+    let vals: Vec<f32> = bits
+        .into_iter()
+        .map(|b| half::f16::from_bits(b).to_f32())
+        .collect();
     t.data_type = FLOAT;
     t.int32_data.clear();
     t.raw_data.clear();
@@ -145,7 +171,11 @@ pub fn numel(dims: &[i64]) -> usize {
 
 /// A float32 tensor (float_data).
 pub fn tensor_f32(name: &str, dims: &[usize], data: Vec<f32>) -> TensorProto {
-    assert_eq!(dims.iter().product::<usize>(), data.len(), "tensor {name}: dims and data disagree");
+    assert_eq!(
+        dims.iter().product::<usize>(),
+        data.len(),
+        "tensor {name}: dims and data disagree"
+    );
     TensorProto {
         name: name.to_string(),
         dims: dims.iter().map(|&d| d as i64).collect(),
@@ -157,7 +187,11 @@ pub fn tensor_f32(name: &str, dims: &[usize], data: Vec<f32>) -> TensorProto {
 
 /// An int64 tensor (int64_data).
 pub fn tensor_i64(name: &str, dims: &[usize], data: Vec<i64>) -> TensorProto {
-    assert_eq!(dims.iter().product::<usize>(), data.len(), "tensor {name}: dims and data disagree");
+    assert_eq!(
+        dims.iter().product::<usize>(),
+        data.len(),
+        "tensor {name}: dims and data disagree"
+    );
     TensorProto {
         name: name.to_string(),
         dims: dims.iter().map(|&d| d as i64).collect(),
@@ -171,14 +205,20 @@ pub fn tensor_i64(name: &str, dims: &[usize], data: Vec<i64>) -> TensorProto {
 pub fn tensor_to_f32(t: &TensorProto) -> Result<(Vec<usize>, Vec<f32>), OnnxError> {
     let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
     let n = numel(&t.dims);
-    let err = |msg: &str| OnnxError::Tensor { name: t.name.clone(), msg: msg.to_string() };
+    let err = |msg: &str| OnnxError::Tensor {
+        name: t.name.clone(),
+        msg: msg.to_string(),
+    };
     if t.data_location == Some(pb::tensor_proto::DataLocation::External as i32) {
         return Err(err("external data is not supported"));
     }
     let data: Vec<f32> = match t.data_type {
         x if x == FLOAT => {
             if !t.raw_data.is_empty() {
-                t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+                t.raw_data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
             } else {
                 t.float_data.clone()
             }
@@ -190,7 +230,10 @@ pub fn tensor_to_f32(t: &TensorProto) -> Result<(Vec<usize>, Vec<f32>), OnnxErro
         }
         x if x == DataType::Double as i32 => {
             if !t.raw_data.is_empty() {
-                t.raw_data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect()
+                t.raw_data
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+                    .collect()
             } else {
                 t.double_data.iter().map(|&v| v as f32).collect()
             }
@@ -199,7 +242,11 @@ pub fn tensor_to_f32(t: &TensorProto) -> Result<(Vec<usize>, Vec<f32>), OnnxErro
         other => return Err(err(&format!("element type {other} is not a float type"))),
     };
     if data.len() != n {
-        return Err(err(&format!("holds {} values but its dims {:?} need {n}", data.len(), t.dims)));
+        return Err(err(&format!(
+            "holds {} values but its dims {:?} need {n}",
+            data.len(),
+            t.dims
+        )));
     }
     Ok((dims, data))
 }
@@ -207,18 +254,27 @@ pub fn tensor_to_f32(t: &TensorProto) -> Result<(Vec<usize>, Vec<f32>), OnnxErro
 /// Reads an integer tensor (int64 or int32) as i64.
 pub fn tensor_to_i64(t: &TensorProto) -> Result<(Vec<usize>, Vec<i64>), OnnxError> {
     let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
-    let err = |msg: String| OnnxError::Tensor { name: t.name.clone(), msg };
+    let err = |msg: String| OnnxError::Tensor {
+        name: t.name.clone(),
+        msg,
+    };
     let data: Vec<i64> = match t.data_type {
         x if x == INT64 => {
             if !t.raw_data.is_empty() {
-                t.raw_data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+                t.raw_data
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                    .collect()
             } else {
                 t.int64_data.clone()
             }
         }
         x if x == DataType::Int32 as i32 => {
             if !t.raw_data.is_empty() {
-                t.raw_data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect()
+                t.raw_data
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
+                    .collect()
             } else {
                 t.int32_data.iter().map(|&v| v as i64).collect()
             }
@@ -226,34 +282,68 @@ pub fn tensor_to_i64(t: &TensorProto) -> Result<(Vec<usize>, Vec<i64>), OnnxErro
         other => return Err(err(format!("element type {other} is not an integer type"))),
     };
     if data.len() != numel(&t.dims) {
-        return Err(err(format!("holds {} values but its dims {:?} need more or less", data.len(), t.dims)));
+        return Err(err(format!(
+            "holds {} values but its dims {:?} need more or less",
+            data.len(),
+            t.dims
+        )));
     }
     Ok((dims, data))
 }
 
 /// An INT attribute.
 pub fn attr_int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i: v, ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Int as i32,
+        i: v,
+        ..Default::default()
+    }
 }
 /// An INTS attribute.
 pub fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: AttributeType::Ints as i32, ints: v.to_vec(), ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Ints as i32,
+        ints: v.to_vec(),
+        ..Default::default()
+    }
 }
 /// A FLOAT attribute.
 pub fn attr_float(name: &str, v: f32) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: AttributeType::Float as i32, f: v, ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Float as i32,
+        f: v,
+        ..Default::default()
+    }
 }
 /// A FLOATS attribute.
 pub fn attr_floats(name: &str, v: &[f32]) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: AttributeType::Floats as i32, floats: v.to_vec(), ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Floats as i32,
+        floats: v.to_vec(),
+        ..Default::default()
+    }
 }
 /// A STRING attribute.
 pub fn attr_string(name: &str, v: &str) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: AttributeType::String as i32, s: v.as_bytes().to_vec(), ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::String as i32,
+        s: v.as_bytes().to_vec(),
+        ..Default::default()
+    }
 }
 /// A TENSOR attribute (e.g. `value` of Constant).
 pub fn attr_tensor(name: &str, t: TensorProto) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: AttributeType::Tensor as i32, t: Some(t), ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Tensor as i32,
+        t: Some(t),
+        ..Default::default()
+    }
 }
 
 /// The attribute of a node with this name.
@@ -283,13 +373,19 @@ pub fn value_info(name: &str, elem_type: i32, dims: Option<&[usize]>) -> ValueIn
     let shape = dims.map(|d| pb::TensorShapeProto {
         dim: d
             .iter()
-            .map(|&v| Dimension { value: Some(Value::DimValue(v as i64)), ..Default::default() })
+            .map(|&v| Dimension {
+                value: Some(Value::DimValue(v as i64)),
+                ..Default::default()
+            })
             .collect(),
     });
     ValueInfoProto {
         name: name.into(),
         r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor { elem_type, shape })),
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type,
+                shape,
+            })),
             ..Default::default()
         }),
         ..Default::default()
@@ -326,7 +422,13 @@ pub fn opset_version(model: &ModelProto) -> i64 {
 
 /// The model's graph inputs that are not initializers (the real inputs).
 pub fn real_inputs(model: &ModelProto) -> Vec<&ValueInfoProto> {
-    let Some(g) = model.graph.as_ref() else { return vec![] };
-    let inits: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
-    g.input.iter().filter(|i| !inits.contains(i.name.as_str())).collect()
+    let Some(g) = model.graph.as_ref() else {
+        return vec![];
+    };
+    let inits: std::collections::HashSet<&str> =
+        g.initializer.iter().map(|t| t.name.as_str()).collect();
+    g.input
+        .iter()
+        .filter(|i| !inits.contains(i.name.as_str()))
+        .collect()
 }

@@ -23,19 +23,31 @@ impl T {
         T { shape, data }
     }
     pub fn zeros(shape: &[usize]) -> T {
-        T { shape: shape.to_vec(), data: vec![0.0; shape.iter().product()] }
+        T {
+            shape: shape.to_vec(),
+            data: vec![0.0; shape.iter().product()],
+        }
     }
     pub fn from_f32(shape: &[usize], d: &[f32]) -> T {
         T::new(shape.to_vec(), d.iter().map(|&v| v as f64).collect())
     }
     fn d4(&self) -> (usize, usize, usize, usize) {
-        assert_eq!(self.shape.len(), 4, "4-D tensor expected, got {:?}", self.shape);
+        assert_eq!(
+            self.shape.len(),
+            4,
+            "4-D tensor expected, got {:?}",
+            self.shape
+        );
         (self.shape[0], self.shape[1], self.shape[2], self.shape[3])
     }
 }
 
 fn ints(n: &NodeProto, name: &str, def: Vec<i64>) -> Vec<usize> {
-    onnx::get_ints(n, name).unwrap_or(def).into_iter().map(|v| v as usize).collect()
+    onnx::get_ints(n, name)
+        .unwrap_or(def)
+        .into_iter()
+        .map(|v| v as usize)
+        .collect()
 }
 
 /// Pool/conv geometry.
@@ -51,13 +63,23 @@ fn geo(n: &NodeProto, k: [usize; 2]) -> Geo {
     let s = ints(n, "strides", vec![1, 1]);
     let d = ints(n, "dilations", vec![1, 1]);
     let p = ints(n, "pads", vec![0, 0, 0, 0]);
-    Geo { k, s: [s[0], s[1]], d: [d[0], d[1]], pb: [p[0], p[1]], pe: [p[2], p[3]] }
+    Geo {
+        k,
+        s: [s[0], s[1]],
+        d: [d[0], d[1]],
+        pb: [p[0], p[1]],
+        pe: [p[2], p[3]],
+    }
 }
 
 fn pool_out(h: usize, a: usize, g: &Geo, ceil: bool) -> usize {
     let eff = (g.k[a] - 1) * g.d[a] + 1;
     let num = h + g.pb[a] + g.pe[a] - eff;
-    let mut o = if ceil { num.div_ceil(g.s[a]) + 1 } else { num / g.s[a] + 1 };
+    let mut o = if ceil {
+        num.div_ceil(g.s[a]) + 1
+    } else {
+        num / g.s[a] + 1
+    };
     // The last window must start inside the input or the left padding.
     if ceil && (o - 1) * g.s[a] >= h + g.pb[a] {
         o -= 1;
@@ -86,8 +108,16 @@ fn bcast_shape(a: &[usize], b: &[usize]) -> Vec<usize> {
     let r = a.len().max(b.len());
     (0..r)
         .map(|i| {
-            let x = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
-            let y = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+            let x = if i + a.len() >= r {
+                a[i + a.len() - r]
+            } else {
+                1
+            };
+            let y = if i + b.len() >= r {
+                b[i + b.len() - r]
+            } else {
+                1
+            };
             x.max(y)
         })
         .collect()
@@ -106,13 +136,19 @@ impl Ref {
         for t in &g.initializer {
             if t.data_type == onnx::INT64 {
                 let (s, d) = onnx::tensor_to_i64(t).unwrap();
-                consts.insert(t.name.clone(), T::new(s, d.into_iter().map(|v| v as f64).collect()));
+                consts.insert(
+                    t.name.clone(),
+                    T::new(s, d.into_iter().map(|v| v as f64).collect()),
+                );
             } else {
                 let (s, d) = onnx::tensor_to_f32(t).unwrap();
                 consts.insert(t.name.clone(), T::from_f32(&s, &d));
             }
         }
-        Ref { nodes: g.node.clone(), consts }
+        Ref {
+            nodes: g.node.clone(),
+            consts,
+        }
     }
 
     /// All tensor values for this input.
@@ -120,7 +156,12 @@ impl Ref {
         let mut v: HashMap<String, T> = self.consts.clone();
         v.insert(input.to_string(), x.clone());
         for n in &self.nodes {
-            let ins: Vec<&T> = n.input.iter().filter(|i| !i.is_empty()).map(|i| &v[i]).collect();
+            let ins: Vec<&T> = n
+                .input
+                .iter()
+                .filter(|i| !i.is_empty())
+                .map(|i| &v[i])
+                .collect();
             let y = fwd_node(n, &ins);
             v.insert(n.output[0].clone(), y);
         }
@@ -128,12 +169,26 @@ impl Ref {
     }
 
     /// Gradient at `input` of a backward pass started at `seed_t` with gradient `seed_g`.
-    pub fn backward(&self, vals: &HashMap<String, T>, input: &str, seed_t: &str, seed_g: T, guided: bool) -> T {
+    pub fn backward(
+        &self,
+        vals: &HashMap<String, T>,
+        input: &str,
+        seed_t: &str,
+        seed_g: T,
+        guided: bool,
+    ) -> T {
         let mut g: HashMap<String, T> = HashMap::new();
         g.insert(seed_t.to_string(), seed_g);
         for n in self.nodes.iter().rev() {
-            let Some(gy) = g.get(&n.output[0]).cloned() else { continue };
-            let ins: Vec<&T> = n.input.iter().filter(|i| !i.is_empty()).map(|i| &vals[i]).collect();
+            let Some(gy) = g.get(&n.output[0]).cloned() else {
+                continue;
+            };
+            let ins: Vec<&T> = n
+                .input
+                .iter()
+                .filter(|i| !i.is_empty())
+                .map(|i| &vals[i])
+                .collect();
             let y = &vals[&n.output[0]];
             let gins = bwd_node(n, &ins, y, &gy, guided);
             for (i, gi) in gins.into_iter().enumerate().take(n.input.len()) {
@@ -159,11 +214,17 @@ fn fwd_node(n: &NodeProto, ins: &[&T]) -> T {
     let x = ins[0];
     match n.op_type.as_str() {
         "Identity" | "Dropout" => x.clone(),
-        "Relu" => T::new(x.shape.clone(), x.data.iter().map(|&v| v.max(0.0)).collect()),
+        "Relu" => T::new(
+            x.shape.clone(),
+            x.data.iter().map(|&v| v.max(0.0)).collect(),
+        ),
         "Clip" => {
             let lo = ins.get(1).map_or(f64::NEG_INFINITY, |t| t.data[0]);
             let hi = ins.get(2).map_or(f64::INFINITY, |t| t.data[0]);
-            T::new(x.shape.clone(), x.data.iter().map(|&v| v.max(lo).min(hi)).collect())
+            T::new(
+                x.shape.clone(),
+                x.data.iter().map(|&v| v.max(lo).min(hi)).collect(),
+            )
         }
         "Conv" => conv(n, x, ins[1], ins.get(2).copied()),
         "MaxPool" | "AveragePool" => pool(n, x, None, None).0,
@@ -171,7 +232,8 @@ fn fwd_node(n: &NodeProto, ins: &[&T]) -> T {
             let (nn, c, h, w) = x.d4();
             let mut o = T::zeros(&[nn, c, 1, 1]);
             for ci in 0..c {
-                o.data[ci] = x.data[ci * h * w..(ci + 1) * h * w].iter().sum::<f64>() / (h * w) as f64;
+                o.data[ci] =
+                    x.data[ci * h * w..(ci + 1) * h * w].iter().sum::<f64>() / (h * w) as f64;
             }
             o
         }
@@ -191,8 +253,16 @@ fn fwd_node(n: &NodeProto, ins: &[&T]) -> T {
         "Gemm" => {
             let alpha = onnx::get_float(n, "alpha").unwrap_or(1.0) as f64;
             let beta = onnx::get_float(n, "beta").unwrap_or(1.0) as f64;
-            let a = if onnx::get_int(n, "transA") == Some(1) { transpose(x) } else { x.clone() };
-            let b = if onnx::get_int(n, "transB") == Some(1) { transpose(ins[1]) } else { ins[1].clone() };
+            let a = if onnx::get_int(n, "transA") == Some(1) {
+                transpose(x)
+            } else {
+                x.clone()
+            };
+            let b = if onnx::get_int(n, "transB") == Some(1) {
+                transpose(ins[1])
+            } else {
+                ins[1].clone()
+            };
             let mut y = matmul(&a, &b);
             y.data.iter_mut().for_each(|v| *v *= alpha);
             if let Some(c) = ins.get(2) {
@@ -241,8 +311,16 @@ fn fwd_node(n: &NodeProto, ins: &[&T]) -> T {
                 }
             }
             let known: i64 = s.iter().filter(|&&d| d > 0).product();
-            let shape: Vec<usize> =
-                s.iter().map(|&d| if d < 0 { x.data.len() / known as usize } else { d as usize }).collect();
+            let shape: Vec<usize> = s
+                .iter()
+                .map(|&d| {
+                    if d < 0 {
+                        x.data.len() / known as usize
+                    } else {
+                        d as usize
+                    }
+                })
+                .collect();
             T::new(shape, x.data.clone())
         }
         "Flatten" => {
@@ -392,7 +470,10 @@ fn pool(n: &NodeProto, x: &T, gy: Option<&T>, _y: Option<&T>) -> (T, Option<T>) 
                 }
                 let oi = (ci * ho + oh) * wo + ow;
                 if is_max {
-                    let m = cells.iter().map(|&q| x.data[q]).fold(f64::NEG_INFINITY, f64::max);
+                    let m = cells
+                        .iter()
+                        .map(|&q| x.data[q])
+                        .fold(f64::NEG_INFINITY, f64::max);
                     y.data[oi] = m;
                     if let (Some(gx), Some(gy)) = (gx.as_mut(), gy) {
                         for &q in &cells {
@@ -404,8 +485,11 @@ fn pool(n: &NodeProto, x: &T, gy: Option<&T>, _y: Option<&T>) -> (T, Option<T>) 
                 } else {
                     let cnt = |start: i64, a: usize, len: usize| -> i64 {
                         let end = start + g.k[a] as i64;
-                        let (lo, hi) =
-                            if include { (-(g.pb[a] as i64), (len + g.pe[a]) as i64) } else { (0, len as i64) };
+                        let (lo, hi) = if include {
+                            (-(g.pb[a] as i64), (len + g.pe[a]) as i64)
+                        } else {
+                            (0, len as i64)
+                        };
                         end.min(hi) - start.max(lo)
                     };
                     let count = (cnt(h0, 0, h) * cnt(w0, 1, w)) as f64;
@@ -437,14 +521,22 @@ fn bwd_node(n: &NodeProto, ins: &[&T], _y: &T, gy: &T, guided: bool) -> Vec<Opti
         "Identity" | "Dropout" => vec![Some(gy.clone())],
         "Relu" => vec![Some(T::new(
             x.shape.clone(),
-            x.data.iter().zip(&gy.data).map(|(&xv, &g)| if xv > 0.0 { gate(g) } else { 0.0 }).collect(),
+            x.data
+                .iter()
+                .zip(&gy.data)
+                .map(|(&xv, &g)| if xv > 0.0 { gate(g) } else { 0.0 })
+                .collect(),
         ))],
         "Clip" => {
             let lo = ins.get(1).map_or(f64::NEG_INFINITY, |t| t.data[0]);
             let hi = ins.get(2).map_or(f64::INFINITY, |t| t.data[0]);
             vec![Some(T::new(
                 x.shape.clone(),
-                x.data.iter().zip(&gy.data).map(|(&xv, &g)| if xv > lo && xv < hi { gate(g) } else { 0.0 }).collect(),
+                x.data
+                    .iter()
+                    .zip(&gy.data)
+                    .map(|(&xv, &g)| if xv > lo && xv < hi { gate(g) } else { 0.0 })
+                    .collect(),
             ))]
         }
         "Conv" => vec![Some(conv_bwd(n, x, ins[1], gy))],
@@ -473,7 +565,11 @@ fn bwd_node(n: &NodeProto, ins: &[&T], _y: &T, gy: &T, guided: bool) -> Vec<Opti
         }
         "Gemm" => {
             let alpha = onnx::get_float(n, "alpha").unwrap_or(1.0) as f64;
-            let b = if onnx::get_int(n, "transB") == Some(1) { transpose(ins[1]) } else { ins[1].clone() };
+            let b = if onnx::get_int(n, "transB") == Some(1) {
+                transpose(ins[1])
+            } else {
+                ins[1].clone()
+            };
             let mut ga = matmul(gy, &transpose(&b));
             ga.data.iter_mut().for_each(|v| *v *= alpha);
             if onnx::get_int(n, "transA") == Some(1) {
@@ -511,7 +607,9 @@ fn bwd_node(n: &NodeProto, ins: &[&T], _y: &T, gy: &T, guided: bool) -> Vec<Opti
                 let inner: usize = t.shape[axis..].iter().product();
                 let mut data = vec![];
                 for o in 0..outer {
-                    data.extend_from_slice(&gy.data[o * total_inner + off..o * total_inner + off + inner]);
+                    data.extend_from_slice(
+                        &gy.data[o * total_inner + off..o * total_inner + off + inner],
+                    );
                 }
                 off += inner;
                 out.push(Some(T::new(t.shape.clone(), data)));

@@ -110,6 +110,7 @@ pub const TENSORRT_SAFE_OPS: &[&str] = &[
     "ReduceSum",
     "Relu",
     "Reshape",
+    "Sign",
     "Slice",
     "Softmax",
     "Squeeze",
@@ -127,7 +128,11 @@ pub enum CompileError {
     UnsupportedOp { op: String, node: String },
     /// A supported op with attributes or inputs the compiler cannot differentiate.
     #[error("node {node:?} ({op}): {msg}")]
-    Unsupported { op: String, node: String, msg: String },
+    Unsupported {
+        op: String,
+        node: String,
+        msg: String,
+    },
     /// The model's structure is not usable (no graph, no input, several inputs, ...).
     #[error("invalid model: {0}")]
     Invalid(String),
@@ -185,7 +190,9 @@ impl FromStr for Seed {
             }
             return Ok(Seed::Tensor(n.to_string()));
         }
-        Err(format!("unknown seed {t:?} (expected last-conv, top1, class:N, tensor:NAME or input)"))
+        Err(format!(
+            "unknown seed {t:?} (expected last-conv, top1, class:N, tensor:NAME or input)"
+        ))
     }
 }
 
@@ -216,12 +223,18 @@ pub fn compile(model: &ModelProto, opts: &CompileOptions) -> Result<ModelProto, 
 pub fn image_input(model: &ModelProto) -> Result<(String, Vec<Option<usize>>), CompileError> {
     let inputs = crate::onnx::real_inputs(model);
     match inputs.as_slice() {
-        [one] => Ok((one.name.clone(), crate::onnx::declared_dims(one).unwrap_or_default())),
+        [one] => Ok((
+            one.name.clone(),
+            crate::onnx::declared_dims(one).unwrap_or_default(),
+        )),
         [] => Err(CompileError::Invalid("the graph has no input".into())),
         many => Err(CompileError::Invalid(format!(
             "the graph has {} inputs ({}); a classifier with one image input is expected",
             many.len(),
-            many.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|i| i.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }

@@ -52,19 +52,33 @@ pub(super) fn prepare(model: &ModelProto, opts: &CompileOptions) -> Result<Prepa
             s
         }
     };
-    let g = m.graph.as_mut().ok_or_else(|| CompileError::Invalid("no graph".into()))?;
+    let g = m
+        .graph
+        .as_mut()
+        .ok_or_else(|| CompileError::Invalid("no graph".into()))?;
 
     // Unique node names, so errors can name nodes.
     let mut used: HashSet<String> = HashSet::new();
     for (i, n) in g.node.iter_mut().enumerate() {
         if n.name.is_empty() || used.contains(&n.name) {
-            let base = if n.name.is_empty() { format!("{}_{i}", n.op_type) } else { format!("{}_{i}", n.name) };
+            let base = if n.name.is_empty() {
+                format!("{}_{i}", n.op_type)
+            } else {
+                format!("{}_{i}", n.name)
+            };
             n.name = base;
         }
         used.insert(n.name.clone());
     }
-    if let Some(d) = g.node.iter().find(|n| !n.domain.is_empty() && n.domain != "ai.onnx") {
-        return Err(CompileError::UnsupportedOp { op: format!("{}:{}", d.domain, d.op_type), node: d.name.clone() });
+    if let Some(d) = g
+        .node
+        .iter()
+        .find(|n| !n.domain.is_empty() && n.domain != "ai.onnx")
+    {
+        return Err(CompileError::UnsupportedOp {
+            op: format!("{}:{}", d.domain, d.op_type),
+            node: d.name.clone(),
+        });
     }
 
     // Pin the input; drop value_info (it may carry symbolic or stale shapes).
@@ -73,6 +87,10 @@ pub(super) fn prepare(model: &ModelProto, opts: &CompileOptions) -> Result<Prepa
         *vi = onnx::value_info(&input, elem, Some(&input_shape));
     }
     g.value_info.clear();
+    // Initializers listed as graph inputs (old exporters) would be overridable
+    // inputs to ONNX Runtime/TensorRT and block constant folding: drop them.
+    let inits: HashSet<String> = g.initializer.iter().map(|t| t.name.clone()).collect();
+    g.input.retain(|vi| !inits.contains(&vi.name));
     for o in g.output.iter_mut() {
         let et = match o.r#type.as_ref().and_then(|t| t.value.as_ref()) {
             Some(pb::type_proto::Value::TensorType(tt)) => tt.elem_type,
@@ -90,7 +108,7 @@ pub(super) fn prepare(model: &ModelProto, opts: &CompileOptions) -> Result<Prepa
     // The logits: the input of a final Softmax, else the first output.
     let g = m.graph.as_mut().unwrap();
     let out0 = g.output[0].name.clone();
-    let producer = g.node.iter().find(|n| n.output.iter().any(|o| *o == out0));
+    let producer = g.node.iter().find(|n| n.output.contains(&out0));
     let mut pre_logits = match producer {
         Some(p) if p.op_type == "Softmax" || p.op_type == "LogSoftmax" => p.input[0].clone(),
         _ => out0.clone(),
@@ -105,7 +123,10 @@ pub(super) fn prepare(model: &ModelProto, opts: &CompileOptions) -> Result<Prepa
         if all_names.contains(r) {
             let mut k = 1;
             let new = loop {
-                let cand = format!("{r}_orig{}", if k == 1 { String::new() } else { k.to_string() });
+                let cand = format!(
+                    "{r}_orig{}",
+                    if k == 1 { String::new() } else { k.to_string() }
+                );
                 if !all_names.contains(&cand) {
                     break cand;
                 }
@@ -118,13 +139,22 @@ pub(super) fn prepare(model: &ModelProto, opts: &CompileOptions) -> Result<Prepa
             if pre_logits == r {
                 pre_logits = new.clone();
             }
-            tracing::warn!("tensor {r:?} renamed to {new:?}: the name is reserved for the guard graph");
+            tracing::warn!(
+                "tensor {r:?} renamed to {new:?}: the name is reserved for the guard graph"
+            );
         }
     }
 
     upgrade_opset(&mut m, &mut shapes)?;
     topo_sort(m.graph.as_mut().unwrap())?;
-    Ok(Prepared { model: m, input, input_shape, shapes, shape_note, pre_logits })
+    Ok(Prepared {
+        model: m,
+        input,
+        input_shape,
+        shapes,
+        shape_note,
+        pre_logits,
+    })
 }
 
 fn tensor_names(g: &pb::GraphProto) -> HashSet<String> {
@@ -180,7 +210,10 @@ pub(super) fn infer_shapes(m: &ModelProto) -> (HashMap<String, Vec<usize>>, Opti
 
 /// Moves the default-domain opset to ≥ 13, rewriting the version-sensitive ops
 /// the compiler may meet. Dropout (inference) becomes Identity at any version.
-fn upgrade_opset(m: &mut ModelProto, shapes: &mut HashMap<String, Vec<usize>>) -> Result<(), CompileError> {
+fn upgrade_opset(
+    m: &mut ModelProto,
+    shapes: &mut HashMap<String, Vec<usize>>,
+) -> Result<(), CompileError> {
     let from = onnx::opset_version(m);
     let target = from.max(MIN_OPSET);
     let g = m.graph.as_mut().unwrap();
@@ -230,7 +263,8 @@ fn upgrade_opset(m: &mut ModelProto, shapes: &mut HashMap<String, Vec<usize>>) -
                 n.attribute.clear();
             }
             "BatchNormalization" if from < 9 => {
-                n.attribute.retain(|a| a.name == "epsilon" || a.name == "momentum");
+                n.attribute
+                    .retain(|a| a.name == "epsilon" || a.name == "momentum");
                 n.output.truncate(1);
             }
             "Squeeze" | "Unsqueeze" | "ReduceSum" if from < 13 => {
@@ -266,7 +300,8 @@ fn upgrade_opset(m: &mut ModelProto, shapes: &mut HashMap<String, Vec<usize>>) -
             "Slice" if from < 10 => {
                 let starts = onnx::get_ints(n, "starts").unwrap_or_default();
                 let ends = onnx::get_ints(n, "ends").unwrap_or_default();
-                let axes = onnx::get_ints(n, "axes").unwrap_or_else(|| (0..starts.len() as i64).collect());
+                let axes =
+                    onnx::get_ints(n, "axes").unwrap_or_else(|| (0..starts.len() as i64).collect());
                 for (suffix, v) in [("starts", starts), ("ends", ends), ("axes", axes)] {
                     let an = fresh(&format!("{}_{suffix}", n.name));
                     b_inits.push(onnx::tensor_i64(&an, &[v.len()], v));
@@ -287,9 +322,14 @@ fn upgrade_opset(m: &mut ModelProto, shapes: &mut HashMap<String, Vec<usize>>) -
                     axis += r;
                 }
                 let Some(shape) = shape else {
-                    return Err(CompileError::Shape(format!("no static shape for the input of {}", n.name)));
+                    return Err(CompileError::Shape(format!(
+                        "no static shape for the input of {}",
+                        n.name
+                    )));
                 };
-                let trailing_ones = shape[(axis as usize + 1).min(shape.len())..].iter().all(|&d| d == 1);
+                let trailing_ones = shape[(axis as usize + 1).min(shape.len())..]
+                    .iter()
+                    .all(|&d| d == 1);
                 n.attribute.retain(|a| a.name != "axis");
                 if trailing_ones {
                     n.attribute.push(onnx::attr_int("axis", axis));
@@ -299,7 +339,11 @@ fn upgrade_opset(m: &mut ModelProto, shapes: &mut HashMap<String, Vec<usize>>) -
                     let soft = fresh(&format!("{}_soft", n.name));
                     let shp = fresh(&format!("{}_shape", n.name));
                     let out = n.output[0].clone();
-                    b_inits.push(onnx::tensor_i64(&shp, &[shape.len()], shape.iter().map(|&d| d as i64).collect()));
+                    b_inits.push(onnx::tensor_i64(
+                        &shp,
+                        &[shape.len()],
+                        shape.iter().map(|&d| d as i64).collect(),
+                    ));
                     let flat_node = NodeProto {
                         name: fresh(&format!("{}_flatten", n.name)),
                         op_type: "Flatten".into(),
@@ -316,8 +360,14 @@ fn upgrade_opset(m: &mut ModelProto, shapes: &mut HashMap<String, Vec<usize>>) -
                         ..Default::default()
                     };
                     let outer: usize = shape[..axis as usize].iter().product();
-                    shapes.insert(flat.clone(), vec![outer, shape[axis as usize..].iter().product()]);
-                    shapes.insert(soft.clone(), vec![outer, shape[axis as usize..].iter().product()]);
+                    shapes.insert(
+                        flat.clone(),
+                        vec![outer, shape[axis as usize..].iter().product()],
+                    );
+                    shapes.insert(
+                        soft.clone(),
+                        vec![outer, shape[axis as usize..].iter().product()],
+                    );
                     n.input[0] = flat;
                     n.output[0] = soft;
                     n.attribute.push(onnx::attr_int("axis", 1));
@@ -333,10 +383,17 @@ fn upgrade_opset(m: &mut ModelProto, shapes: &mut HashMap<String, Vec<usize>>) -
         g.node.push(n);
     }
     g.initializer.extend(b_inits);
-    if let Some(o) = m.opset_import.iter_mut().find(|o| o.domain.is_empty() || o.domain == "ai.onnx") {
+    if let Some(o) = m
+        .opset_import
+        .iter_mut()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+    {
         o.version = target;
     } else {
-        m.opset_import.push(pb::OperatorSetIdProto { domain: String::new(), version: target });
+        m.opset_import.push(pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: target,
+        });
     }
     m.ir_version = m.ir_version.max(8);
     Ok(())
@@ -362,7 +419,12 @@ pub(super) fn topo_sort(g: &mut pb::GraphProto) -> Result<(), CompileError> {
         }
         if rest.len() == before {
             let n = &rest[0];
-            let missing = n.input.iter().find(|i| !avail.contains(*i)).cloned().unwrap_or_default();
+            let missing = n
+                .input
+                .iter()
+                .find(|i| !avail.contains(*i))
+                .cloned()
+                .unwrap_or_default();
             return Err(CompileError::Invalid(format!(
                 "node {:?} ({}) reads {missing:?}, which no node, input or initializer produces (or the graph has a cycle)",
                 n.name, n.op_type
