@@ -87,6 +87,7 @@ impl Guard {
         let model = crate::onnx::load(&model_path)?;
         let s = manifest.preprocess.size as usize;
         let shape = [1, 3, s, s];
+        check_input(&model, manifest, &model_path, shape)?;
         let graph = match &opts.compile {
             Some(c) => {
                 let mut c = c.clone();
@@ -192,6 +193,30 @@ impl Guard {
         }
         out
     }
+}
+
+/// The manifest must match the model: the input name exists and fixed dims agree, so a wrong
+/// manifest is one clear error instead of a shape failure deep inside a backend.
+fn check_input(model: &crate::onnx::ModelProto, m: &Manifest, path: &Path, shape: [usize; 4]) -> Result<(), GuardError> {
+    let bad = |msg: String| GuardError::Manifest(ManifestError::Parse { path: m.name.clone(), msg });
+    let (name, dims) = compile::image_input(model)?;
+    if name != m.input {
+        return Err(bad(format!("input {:?} is not the model's image input {name:?} ({})", m.input, path.display())));
+    }
+    if dims.len() == 4 {
+        for (k, (d, want)) in dims.iter().zip(shape).enumerate().skip(1) {
+            if let Some(d) = d
+                && *d != want
+            {
+                return Err(bad(format!(
+                    "preprocess.size gives input {shape:?}, but {} declares {:?} (dim {k} is {d})",
+                    path.display(),
+                    dims.iter().map(|d| d.map_or(-1, |v| v as i64)).collect::<Vec<_>>()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Plans a graph on a backend.

