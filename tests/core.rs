@@ -268,10 +268,11 @@ fn unsupported_op_is_named() {
     use advguard::onnx::{GraphBuilder, attr_int};
     let mut b = GraphBuilder::new(13);
     b.input("x", &[1, 3, 8, 8]);
+    // LRN before the conv: the backward pass from the last conv must cross it.
+    let lrn = b.node_named("LRN", &["x"], &["lrn_out"], vec![attr_int("size", 3)]);
     let w = b.init_f32("w", &[4, 3, 3, 3], vec![0.1; 108]);
-    let c = b.node("Conv", &["x", &w], vec![attr_int("group", 1)]);
-    let lrn = b.node_named("LRN", &[&c], &["lrn_out"], vec![attr_int("size", 3)]);
-    let r = b.node("Relu", &["lrn_out"], vec![]);
+    let c = b.node("Conv", &["lrn_out", &w], vec![attr_int("group", 1)]);
+    let r = b.node("Relu", &[&c], vec![]);
     b.output(&r, None);
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("lrn.onnx");
