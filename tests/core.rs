@@ -19,7 +19,8 @@ fn tench() -> PathBuf {
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_advguard"));
-    c.env("ADVGUARD_MODELS", data().join("models")).env("RUST_LOG", "error");
+    c.env("ADVGUARD_MODELS", data().join("models"))
+        .env("RUST_LOG", "error");
     c
 }
 
@@ -30,7 +31,15 @@ fn stderr(o: &Output) -> String {
 fn open(name: &str, backend: BackendKind, compile: Option<CompileOptions>) -> Guard {
     let m = Manifest::load(name).unwrap();
     let path = data().join("models").join(&m.model.file);
-    Guard::open(&m, &GuardOptions { model_path: Some(path), backend, compile }).unwrap()
+    Guard::open(
+        &m,
+        &GuardOptions {
+            model_path: Some(path),
+            backend,
+            compile,
+        },
+    )
+    .unwrap()
 }
 
 fn pixels(g: &Guard, p: &std::path::Path) -> ndarray::Array3<f32> {
@@ -40,8 +49,16 @@ fn pixels(g: &Guard, p: &std::path::Path) -> ndarray::Array3<f32> {
 #[test]
 fn guard_class_output_equals_the_original_model() {
     let mut plain = open("squeezenet1.1", BackendKind::Tract, None);
-    let mut guard = open("squeezenet1.1", BackendKind::Tract, Some(CompileOptions::default()));
-    for f in ["n01440764_tench.JPEG", "n01530575_brambling.JPEG", "n01531178_goldfinch.JPEG"] {
+    let mut guard = open(
+        "squeezenet1.1",
+        BackendKind::Tract,
+        Some(CompileOptions::default()),
+    );
+    for f in [
+        "n01440764_tench.JPEG",
+        "n01530575_brambling.JPEG",
+        "n01531178_goldfinch.JPEG",
+    ] {
         let p = data().join("images/dev").join(f);
         if !p.exists() {
             continue;
@@ -50,10 +67,17 @@ fn guard_class_output_equals_the_original_model() {
         let a = plain.run_pixels(px.view()).unwrap().probs();
         let b = guard.run_pixels(px.view()).unwrap();
         let bp = b.probs();
-        let d = a.iter().zip(&bp).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let d = a
+            .iter()
+            .zip(&bp)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
         assert!(d < 1e-4, "{f}: probabilities differ by {d}");
         assert!(b.response.iter().all(|v| v.is_finite()));
-        assert!(b.response.iter().any(|v| *v != 0.0), "{f}: response is all zero");
+        assert!(
+            b.response.iter().any(|v| *v != 0.0),
+            "{f}: response is all zero"
+        );
     }
 }
 
@@ -65,20 +89,46 @@ fn ort_matches_tract_on_every_model() {
         return;
     }
     for name in ["squeezenet1.1", "mobilenet_v2", "efficientnet_lite0"] {
-        for opts in [CompileOptions::default(), CompileOptions { mode: Mode::Plain, seed: Seed::Top1, input_shape: None }] {
+        for opts in [
+            CompileOptions::default(),
+            CompileOptions {
+                mode: Mode::Plain,
+                seed: Seed::Top1,
+                input_shape: None,
+            },
+        ] {
             let mut t = open(name, BackendKind::Tract, Some(opts.clone()));
             let mut o = open(name, BackendKind::OrtCpu, Some(opts.clone()));
             let px = pixels(&t, &tench());
-            let (a, b) = (t.run_pixels(px.view()).unwrap(), o.run_pixels(px.view()).unwrap());
+            let (a, b) = (
+                t.run_pixels(px.view()).unwrap(),
+                o.run_pixels(px.view()).unwrap(),
+            );
             let rel = |x: &[f32], y: &[f32]| {
-                let num: f32 = x.iter().zip(y).map(|(p, q)| (p - q).powi(2)).sum::<f32>().sqrt();
+                let num: f32 = x
+                    .iter()
+                    .zip(y)
+                    .map(|(p, q)| (p - q).powi(2))
+                    .sum::<f32>()
+                    .sqrt();
                 let den: f32 = x.iter().map(|p| p * p).sum::<f32>().sqrt().max(1e-20);
                 num / den
             };
             let rl = rel(&a.logits, &b.logits);
-            let rr = rel(a.response.as_slice().unwrap(), b.response.as_slice().unwrap());
-            assert!(rl < 1e-4, "{name} {:?}: logits differ (rel {rl})", opts.mode);
-            assert!(rr < 1e-3, "{name} {:?}: response differs (rel {rr})", opts.mode);
+            let rr = rel(
+                a.response.as_slice().unwrap(),
+                b.response.as_slice().unwrap(),
+            );
+            assert!(
+                rl < 1e-4,
+                "{name} {:?}: logits differ (rel {rl})",
+                opts.mode
+            );
+            assert!(
+                rr < 1e-3,
+                "{name} {:?}: response differs (rel {rr})",
+                opts.mode
+            );
         }
     }
 }
@@ -87,12 +137,24 @@ fn ort_matches_tract_on_every_model() {
 fn explain_lists_tench_and_writes_the_panel() {
     let dir = tempfile::tempdir().unwrap();
     let panel = dir.path().join("panel.png");
-    let o = bin().arg("explain").arg(tench()).arg("-o").arg(&panel).output().unwrap();
+    let o = bin()
+        .arg("explain")
+        .arg(tench())
+        .arg("-o")
+        .arg(&panel)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    let top5: Vec<&str> = out.lines().filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())).collect();
+    let top5: Vec<&str> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
     assert_eq!(top5.len(), 5, "{out}");
-    assert!(top5.iter().any(|l| l.contains("tench")), "tench not in top 5:\n{out}");
+    assert!(
+        top5.iter().any(|l| l.contains("tench")),
+        "tench not in top 5:\n{out}"
+    );
     assert!(out.contains("S̄ ="), "{out}");
     let img = image::open(&panel).unwrap();
     assert!(img.width() > 3 * 224 && img.height() >= 224);
@@ -115,16 +177,32 @@ fn score_dev_accuracy_at_least_060() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let mut rd = csv::Reader::from_path(&csv).unwrap();
-    assert_eq!(rd.headers().unwrap().iter().collect::<Vec<_>>(), ["file", "class_index", "top1", "top1_prob", "correct", "entropy"]);
+    assert_eq!(
+        rd.headers().unwrap().iter().collect::<Vec<_>>(),
+        [
+            "file",
+            "class_index",
+            "top1",
+            "top1_prob",
+            "correct",
+            "entropy"
+        ]
+    );
     let rows: Vec<csv::StringRecord> = rd.records().map(|r| r.unwrap()).collect();
     assert_eq!(rows.len(), 500);
     let correct = rows.iter().filter(|r| &r[4] == "1").count();
     let acc = correct as f64 / rows.len() as f64;
     eprintln!("tract top-1 accuracy on dev: {acc:.4}");
     assert!(acc >= 0.60, "accuracy {acc}");
-    assert!(rows.iter().all(|r| r[5].parse::<f64>().is_ok_and(|e| e.is_finite() && e > 0.0)));
+    assert!(
+        rows.iter()
+            .all(|r| r[5].parse::<f64>().is_ok_and(|e| e.is_finite() && e > 0.0))
+    );
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains("top-1 accuracy") && stdout.contains("median"), "{stdout}");
+    assert!(
+        stdout.contains("top-1 accuracy") && stdout.contains("median"),
+        "{stdout}"
+    );
 }
 
 /// One HTTP server on loopback serving one file, for the download path.
@@ -133,7 +211,9 @@ fn serve(bytes: Vec<u8>, requests: usize) -> (String, std::thread::JoinHandle<()
     let port = server.server_addr().to_ip().unwrap().port();
     let h = std::thread::spawn(move || {
         for _ in 0..requests {
-            let Ok(Some(req)) = server.recv_timeout(std::time::Duration::from_secs(60)) else { return };
+            let Ok(Some(req)) = server.recv_timeout(std::time::Duration::from_secs(60)) else {
+                return;
+            };
             let _ = req.respond(tiny_http::Response::from_data(bytes.clone()));
         }
     });
@@ -141,7 +221,11 @@ fn serve(bytes: Vec<u8>, requests: usize) -> (String, std::thread::JoinHandle<()
 }
 
 fn manifest_with_url(url: &str, sha: &str) -> String {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/engines/squeezenet1.1.toml")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/engines/squeezenet1.1.toml"
+    ))
+    .unwrap();
     let mut out = String::new();
     let mut in_dl = false;
     for line in text.lines() {
@@ -168,7 +252,10 @@ fn manifest_with_url(url: &str, sha: &str) -> String {
 #[test]
 fn downloads_checks_and_converts_the_fp16_model() {
     let mut bytes = Vec::new();
-    std::fs::File::open(data().join("models/squeezenet1.1-fp16.orig.onnx")).unwrap().read_to_end(&mut bytes).unwrap();
+    std::fs::File::open(data().join("models/squeezenet1.1-fp16.orig.onnx"))
+        .unwrap()
+        .read_to_end(&mut bytes)
+        .unwrap();
     let (url, server) = serve(bytes, 1);
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("sq.toml");
@@ -223,14 +310,20 @@ fn one_error(o: &Output, needle: &str) {
     let e = stderr(o);
     let lines: Vec<&str> = e.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one line, got:\n{e}");
-    assert!(lines[0].starts_with("error:") && lines[0].contains(needle), "{needle:?} not in {e}");
+    assert!(
+        lines[0].starts_with("error:") && lines[0].contains(needle),
+        "{needle:?} not in {e}"
+    );
 }
 
 #[test]
 fn bad_inputs_give_one_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     // Missing image.
-    let o = bin().args(["explain", "/nonexistent/cat.jpg"]).output().unwrap();
+    let o = bin()
+        .args(["explain", "/nonexistent/cat.jpg"])
+        .output()
+        .unwrap();
     one_error(&o, "/nonexistent/cat.jpg");
     // Not an image.
     let txt = dir.path().join("notes.jpg");
@@ -238,28 +331,62 @@ fn bad_inputs_give_one_clear_error() {
     let o = bin().arg("explain").arg(&txt).output().unwrap();
     one_error(&o, "not a readable image");
     // Missing model.
-    let o = bin().args(["explain", "--model", "/nonexistent/model.onnx"]).arg(tench()).output().unwrap();
+    let o = bin()
+        .args(["explain", "--model", "/nonexistent/model.onnx"])
+        .arg(tench())
+        .output()
+        .unwrap();
     one_error(&o, "/nonexistent/model.onnx");
     // Corrupt ONNX.
     let bad = dir.path().join("bad.onnx");
     std::fs::write(&bad, b"\x08\x07garbage\xff\xff\xff").unwrap();
-    let o = bin().arg("explain").arg("--model").arg(&bad).arg(tench()).output().unwrap();
+    let o = bin()
+        .arg("explain")
+        .arg("--model")
+        .arg(&bad)
+        .arg(tench())
+        .output()
+        .unwrap();
     one_error(&o, "not an ONNX model");
     // Wrong input size in a manifest.
-    let m = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/engines/squeezenet1.1.toml")).unwrap();
+    let m = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/engines/squeezenet1.1.toml"
+    ))
+    .unwrap();
     let wrong = dir.path().join("wrong.toml");
     std::fs::write(&wrong, m.replace("size = 224", "size = 200")).unwrap();
-    let o = bin().arg("explain").arg("--model-name").arg(&wrong).arg(tench()).output().unwrap();
+    let o = bin()
+        .arg("explain")
+        .arg("--model-name")
+        .arg(&wrong)
+        .arg(tench())
+        .output()
+        .unwrap();
     one_error(&o, "preprocess.size");
     // Unknown manifest key.
     let unk = dir.path().join("unk.toml");
     std::fs::write(&unk, m.replace("trace =", "tracee = \"x\"\ntrace =")).unwrap();
-    let o = bin().arg("explain").arg("--model-name").arg(&unk).arg(tench()).output().unwrap();
+    let o = bin()
+        .arg("explain")
+        .arg("--model-name")
+        .arg(&unk)
+        .arg(tench())
+        .output()
+        .unwrap();
     one_error(&o, "tracee");
     // Labels that do not match the folder.
     let labels = dir.path().join("labels.csv");
     std::fs::write(&labels, "file,class_index\nother.jpg,3\n").unwrap();
-    let o = bin().arg("score").arg(data().join("images/dev")).arg("--labels").arg(&labels).arg("-o").arg(dir.path().join("s.csv")).output().unwrap();
+    let o = bin()
+        .arg("score")
+        .arg(data().join("images/dev"))
+        .arg("--labels")
+        .arg(&labels)
+        .arg("-o")
+        .arg(dir.path().join("s.csv"))
+        .output()
+        .unwrap();
     one_error(&o, "no label for");
 }
 
@@ -277,7 +404,13 @@ fn unsupported_op_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("lrn.onnx");
     advguard::onnx::save(&b.build(), &p).unwrap();
-    let o = bin().arg("compile").arg(&p).arg("-o").arg(dir.path().join("g.onnx")).output().unwrap();
+    let o = bin()
+        .arg("compile")
+        .arg(&p)
+        .arg("-o")
+        .arg(dir.path().join("g.onnx"))
+        .output()
+        .unwrap();
     one_error(&o, "LRN");
     assert!(stderr(&o).contains(&lrn), "{}", stderr(&o));
 }

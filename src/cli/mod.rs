@@ -71,13 +71,21 @@ impl ModelArgs {
         let opts = GuardOptions {
             model_path: self.model.clone(),
             backend: self.backend,
-            compile: Some(CompileOptions { mode: self.mode, seed: self.seed.clone(), input_shape: None }),
+            compile: Some(CompileOptions {
+                mode: self.mode,
+                seed: self.seed.clone(),
+                input_shape: None,
+            }),
         };
         Guard::open(&manifest, &opts).with_context(|| format!("opening model {}", manifest.name))
     }
 
     /// Response statistics configuration.
     pub fn response(&self) -> ResponseConfig {
-        ResponseConfig { gray: self.gray, bins: self.bins, ..ResponseConfig::default() }
+        ResponseConfig {
+            gray: self.gray,
+            bins: self.bins,
+            ..ResponseConfig::default()
+        }
     }
 }

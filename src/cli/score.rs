@@ -27,21 +27,30 @@ pub struct Args {
 
 /// Reads `file → class_index` from a labels CSV.
 pub fn read_labels(path: &Path) -> anyhow::Result<HashMap<String, usize>> {
-    let mut rd = csv::Reader::from_path(path).with_context(|| format!("reading labels {}", path.display()))?;
-    let headers = rd.headers().with_context(|| format!("reading labels {}", path.display()))?.clone();
+    let mut rd = csv::Reader::from_path(path)
+        .with_context(|| format!("reading labels {}", path.display()))?;
+    let headers = rd
+        .headers()
+        .with_context(|| format!("reading labels {}", path.display()))?
+        .clone();
     let col = |name: &str| headers.iter().position(|h| h.trim() == name);
     let (Some(fi), Some(ci)) = (col("file"), col("class_index")) else {
-        bail!("labels {}: needs columns `file` and `class_index`, found {:?}", path.display(), headers.iter().collect::<Vec<_>>());
+        bail!(
+            "labels {}: needs columns `file` and `class_index`, found {:?}",
+            path.display(),
+            headers.iter().collect::<Vec<_>>()
+        );
     };
     let mut out = HashMap::new();
     for (line, rec) in rd.records().enumerate() {
         let rec = rec.with_context(|| format!("labels {} row {}", path.display(), line + 2))?;
-        let idx: usize = rec
-            .get(ci)
-            .unwrap_or("")
-            .trim()
-            .parse()
-            .with_context(|| format!("labels {} row {}: class_index is not a number", path.display(), line + 2))?;
+        let idx: usize = rec.get(ci).unwrap_or("").trim().parse().with_context(|| {
+            format!(
+                "labels {} row {}: class_index is not a number",
+                path.display(),
+                line + 2
+            )
+        })?;
         out.insert(rec.get(fi).unwrap_or("").trim().to_string(), idx);
     }
     Ok(out)
@@ -54,7 +63,12 @@ pub fn list_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.extension()
-                .map(|e| matches!(e.to_string_lossy().to_lowercase().as_str(), "jpg" | "jpeg" | "png" | "bmp" | "webp"))
+                .map(|e| {
+                    matches!(
+                        e.to_string_lossy().to_lowercase().as_str(),
+                        "jpg" | "jpeg" | "png" | "bmp" | "webp"
+                    )
+                })
                 .unwrap_or(false)
         })
         .collect();
@@ -80,13 +94,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .map(|p| p.display().to_string())
             .collect();
         if !missing.is_empty() {
-            bail!("labels CSV does not match the folder: no label for {}", missing.join(", "));
+            bail!(
+                "labels CSV does not match the folder: no label for {}",
+                missing.join(", ")
+            );
         }
     }
     let mut guard = args.model.open()?;
     let cfg = args.model.response();
-    let mut w = csv::Writer::from_path(&args.output).with_context(|| format!("writing {}", args.output.display()))?;
-    w.write_record(["file", "class_index", "top1", "top1_prob", "correct", "entropy"])?;
+    let mut w = csv::Writer::from_path(&args.output)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    w.write_record([
+        "file",
+        "class_index",
+        "top1",
+        "top1_prob",
+        "correct",
+        "entropy",
+    ])?;
     let bar = indicatif::ProgressBar::new(files.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} [{elapsed} < {eta}] {msg}")
@@ -95,7 +120,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (mut correct, mut labelled, mut skipped) = (0usize, 0usize, 0usize);
     let mut entropies = Vec::with_capacity(files.len());
     for path in &files {
-        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         bar.inc(1);
         // A bad photo in a big folder is reported and skipped; the rest of the run goes on.
         let img = match guard.preprocess().load_image(path) {
@@ -121,7 +150,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             gt.map(|g| g.to_string()).unwrap_or_default(),
             top1.to_string(),
             format!("{:.6}", probs[top1]),
-            gt.map(|g| u8::from(g == top1).to_string()).unwrap_or_default(),
+            gt.map(|g| u8::from(g == top1).to_string())
+                .unwrap_or_default(),
             format!("{:.6}", stats.entropy),
         ])?;
         if labelled > 0 {
@@ -130,9 +160,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     w.flush()?;
-    println!("scored {} images ({} skipped) with {} on {} -> {}", entropies.len(), skipped, guard.manifest().name, guard.backend(), args.output.display());
+    println!(
+        "scored {} images ({} skipped) with {} on {} -> {}",
+        entropies.len(),
+        skipped,
+        guard.manifest().name,
+        guard.backend(),
+        args.output.display()
+    );
     if labelled > 0 {
-        println!("top-1 accuracy: {:.4} ({correct}/{labelled})", correct as f64 / labelled as f64);
+        println!(
+            "top-1 accuracy: {:.4} ({correct}/{labelled})",
+            correct as f64 / labelled as f64
+        );
     }
     if !entropies.is_empty() {
         entropies.sort_by(f64::total_cmp);

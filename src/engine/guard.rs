@@ -197,11 +197,25 @@ impl Guard {
 
 /// The manifest must match the model: the input name exists and fixed dims agree, so a wrong
 /// manifest is one clear error instead of a shape failure deep inside a backend.
-fn check_input(model: &crate::onnx::ModelProto, m: &Manifest, path: &Path, shape: [usize; 4]) -> Result<(), GuardError> {
-    let bad = |msg: String| GuardError::Manifest(ManifestError::Parse { path: m.name.clone(), msg });
+fn check_input(
+    model: &crate::onnx::ModelProto,
+    m: &Manifest,
+    path: &Path,
+    shape: [usize; 4],
+) -> Result<(), GuardError> {
+    let bad = |msg: String| {
+        GuardError::Manifest(ManifestError::Parse {
+            path: m.name.clone(),
+            msg,
+        })
+    };
     let (name, dims) = compile::image_input(model)?;
     if name != m.input {
-        return Err(bad(format!("input {:?} is not the model's image input {name:?} ({})", m.input, path.display())));
+        return Err(bad(format!(
+            "input {:?} is not the model's image input {name:?} ({})",
+            m.input,
+            path.display()
+        )));
     }
     if dims.len() == 4 {
         for (k, (d, want)) in dims.iter().zip(shape).enumerate().skip(1) {
@@ -211,7 +225,9 @@ fn check_input(model: &crate::onnx::ModelProto, m: &Manifest, path: &Path, shape
                 return Err(bad(format!(
                     "preprocess.size gives input {shape:?}, but {} declares {:?} (dim {k} is {d})",
                     path.display(),
-                    dims.iter().map(|d| d.map_or(-1, |v| v as i64)).collect::<Vec<_>>()
+                    dims.iter()
+                        .map(|d| d.map_or(-1, |v| v as i64))
+                        .collect::<Vec<_>>()
                 )));
             }
         }

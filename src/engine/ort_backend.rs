@@ -18,7 +18,10 @@ use std::sync::OnceLock;
 pub const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
 
 fn err(backend: &'static str, e: impl std::fmt::Display) -> EngineError {
-    EngineError::Backend { backend, msg: e.to_string() }
+    EngineError::Backend {
+        backend,
+        msg: e.to_string(),
+    }
 }
 
 /// Candidate paths of libonnxruntime, most specific first.
@@ -94,19 +97,38 @@ pub struct OrtEngine {
 impl OrtEngine {
     /// Creates a session for `model` on the given provider (1 intra-op thread per engine:
     /// advguard runs one engine per worker thread).
-    pub fn new(model: &ModelProto, input: &str, shape: [usize; 4], kind: BackendKind) -> Result<Self, EngineError> {
+    pub fn new(
+        model: &ModelProto,
+        input: &str,
+        shape: [usize; 4],
+        kind: BackendKind,
+    ) -> Result<Self, EngineError> {
         let name: &'static str = match kind {
             BackendKind::OrtCuda => "ort-cuda",
             BackendKind::OrtTensorRt => "ort-tensorrt",
             _ => "ort-cpu",
         };
         let env = environment()?;
-        let graph = model.graph.as_ref().ok_or_else(|| err(name, "model has no graph"))?;
+        let graph = model
+            .graph
+            .as_ref()
+            .ok_or_else(|| err(name, "model has no graph"))?;
         let outputs: Vec<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
-        let init: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
-        let has_seed = graph.input.iter().any(|i| i.name == SEED && !init.contains(SEED));
+        let init: std::collections::HashSet<&str> =
+            graph.initializer.iter().map(|t| t.name.as_str()).collect();
+        let has_seed = graph
+            .input
+            .iter()
+            .any(|i| i.name == SEED && !init.contains(SEED));
         let has_response = outputs.contains(&RESPONSE);
-        let logits = if outputs.contains(&LOGITS) { LOGITS.to_string() } else { outputs.first().ok_or_else(|| err(name, "no outputs"))?.to_string() };
+        let logits = if outputs.contains(&LOGITS) {
+            LOGITS.to_string()
+        } else {
+            outputs
+                .first()
+                .ok_or_else(|| err(name, "no outputs"))?
+                .to_string()
+        };
         let bytes = crate::onnx::encode(model);
         let b = Session::builder(env).map_err(|e| err(name, e))?;
         let b = b.with_intra_threads(1).map_err(|e| err(name, e))?;
@@ -131,7 +153,15 @@ impl OrtEngine {
         };
         let mut b = b;
         let session = b.commit_from_memory(&bytes).map_err(|e| err(name, e))?;
-        Ok(OrtEngine { session, name, input: input.to_string(), shape, has_seed, has_response, logits })
+        Ok(OrtEngine {
+            session,
+            name,
+            input: input.to_string(),
+            shape,
+            has_seed,
+            has_response,
+            logits,
+        })
     }
 }
 
@@ -144,30 +174,60 @@ impl Engine for OrtEngine {
         self.shape
     }
 
-    fn run(&mut self, input: ArrayView4<f32>, seed: Option<ArrayView2<f32>>) -> Result<GuardOutput, EngineError> {
+    fn run(
+        &mut self,
+        input: ArrayView4<f32>,
+        seed: Option<ArrayView2<f32>>,
+    ) -> Result<GuardOutput, EngineError> {
         let name = self.name;
         if input.shape() != self.shape {
-            return Err(EngineError::Shape { got: input.shape().to_vec(), want: self.shape.to_vec() });
+            return Err(EngineError::Shape {
+                got: input.shape().to_vec(),
+                want: self.shape.to_vec(),
+            });
         }
         let x = ort::value::Tensor::from_array(input.to_owned()).map_err(|e| err(name, e))?;
-        let mut inputs: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> =
-            vec![(self.input.clone().into(), x.into())];
+        let mut inputs: Vec<(
+            std::borrow::Cow<'_, str>,
+            ort::session::SessionInputValue<'_>,
+        )> = vec![(self.input.clone().into(), x.into())];
         match (self.has_seed, seed) {
             (true, Some(s)) => {
                 let s = ort::value::Tensor::from_array(s.to_owned()).map_err(|e| err(name, e))?;
                 inputs.push((SEED.into(), s.into()));
             }
-            (true, None) => return Err(err(name, "this guard graph takes a seed input; none was given")),
-            (false, Some(_)) => return Err(err(name, "a seed was given, but the graph was not compiled with --seed input")),
+            (true, None) => {
+                return Err(err(
+                    name,
+                    "this guard graph takes a seed input; none was given",
+                ));
+            }
+            (false, Some(_)) => {
+                return Err(err(
+                    name,
+                    "a seed was given, but the graph was not compiled with --seed input",
+                ));
+            }
             (false, None) => {}
         }
         let out = self.session.run(inputs).map_err(|e| err(name, e))?;
-        let lv = out.get(&self.logits).ok_or_else(|| err(name, "no logits output"))?;
-        let logits: Vec<f32> = lv.try_extract_array::<f32>().map_err(|e| err(name, e))?.iter().copied().collect();
+        let lv = out
+            .get(&self.logits)
+            .ok_or_else(|| err(name, "no logits output"))?;
+        let logits: Vec<f32> = lv
+            .try_extract_array::<f32>()
+            .map_err(|e| err(name, e))?
+            .iter()
+            .copied()
+            .collect();
         let response = if self.has_response {
-            let r = out.get(RESPONSE).ok_or_else(|| err(name, "no response output"))?;
+            let r = out
+                .get(RESPONSE)
+                .ok_or_else(|| err(name, "no response output"))?;
             let r = r.try_extract_array::<f32>().map_err(|e| err(name, e))?;
-            let r = r.into_dimensionality::<ndarray::Ix4>().map_err(|e| err(name, e))?;
+            let r = r
+                .into_dimensionality::<ndarray::Ix4>()
+                .map_err(|e| err(name, e))?;
             r.index_axis(ndarray::Axis(0), 0).to_owned()
         } else {
             ndarray::Array3::zeros((0, 0, 0))

@@ -116,7 +116,12 @@ impl Preprocess {
                     } else {
                         (r * w as u64 / h as u64, r)
                     };
-                    resize(img, (nw as u32).max(s), (nh as u32).max(s), FilterType::CatmullRom)
+                    resize(
+                        img,
+                        (nw as u32).max(s),
+                        (nh as u32).max(s),
+                        FilterType::CatmullRom,
+                    )
                 };
                 let (sw, sh) = scaled.dimensions();
                 // Centre offsets rounded half-up, as torchvision's CenterCrop.

@@ -12,9 +12,9 @@ pub mod builder;
 pub use builder::GraphBuilder;
 pub use tract_onnx::pb;
 
+pub use pb::ModelProto;
 use pb::attribute_proto::AttributeType;
 use pb::tensor_proto::DataType;
-pub use pb::ModelProto;
 use pb::{AttributeProto, NodeProto, TensorProto, ValueInfoProto};
 use prost::Message;
 use std::path::Path;

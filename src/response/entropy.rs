@@ -34,54 +34,73 @@ pub fn quantise(gray: ArrayView2<f32>, bins: usize) -> Array2<u8> {
     })
 }
 
-/// Local entropy map (bits) of a quantised map.
-pub fn local_entropy_q(q: ArrayView2<u8>) -> Array2<f32> {
+/// Calls `emit(x, y, entropy_bits)` for every pixel of a quantised map, row by row.
+fn for_each_entropy(q: ArrayView2<u8>, mut emit: impl FnMut(usize, usize, f32)) {
     let (h, w) = q.dim();
-    let mut out = Array2::<f32>::zeros((h, w));
     if h == 0 || w == 0 {
-        return out;
+        return;
     }
     let f = nlog2n_table();
+    // Adding a sample to a bin holding k changes T by add[k]; removing one from k+1 by -add[k].
+    let mut add = [0f32; 9];
+    for (k, a) in add.iter_mut().enumerate() {
+        *a = (f[k + 1] - f[k]) as f32;
+    }
+    let mut log2n = [0f32; 10];
+    let mut inv_n = [0f32; 10];
+    for n in 1..10 {
+        log2n[n] = (n as f32).log2();
+        inv_n[n] = 1.0 / n as f32;
+    }
     let q = q.as_standard_layout();
     let qs = q.as_slice().expect("standard layout");
     let mut hist = [0u8; 256];
     for y in 0..h {
-        let (y0, y1) = (y.saturating_sub(1), (y + 1).min(h - 1));
+        let rows: Vec<&[u8]> = (y.saturating_sub(1)..=(y + 1).min(h - 1))
+            .map(|r| &qs[r * w..(r + 1) * w])
+            .collect();
+        let rn = rows.len();
         hist.fill(0);
-        let mut t = 0.0f64;
-        let mut n = 0u32;
-        let col = |c: usize, add: bool, hist: &mut [u8; 256], t: &mut f64, n: &mut u32| {
-            for yy in y0..=y1 {
-                let b = qs[yy * w + c] as usize;
+        let mut t = 0f32;
+        let mut n = 0usize;
+        let mut push = |c: usize, hist: &mut [u8; 256], t: &mut f32| {
+            for r in &rows {
+                let b = r[c] as usize;
                 let k = hist[b] as usize;
-                if add {
-                    *t += f[k + 1] - f[k];
-                    hist[b] += 1;
-                    *n += 1;
-                } else {
-                    *t += f[k - 1] - f[k];
-                    hist[b] -= 1;
-                    *n -= 1;
-                }
+                *t += add[k];
+                hist[b] = (k + 1) as u8;
             }
         };
-        col(0, true, &mut hist, &mut t, &mut n);
+        push(0, &mut hist, &mut t);
+        n += rn;
         if w > 1 {
-            col(1, true, &mut hist, &mut t, &mut n);
+            push(1, &mut hist, &mut t);
+            n += rn;
         }
-        let row = out.row_mut(y);
-        for (x, o) in row.into_iter().enumerate() {
-            // Remove before adding, so no count ever exceeds the 9 the table covers.
+        for x in 0..w {
+            // Remove before adding, so no count ever exceeds the 9 the tables cover.
             if x >= 2 {
-                col(x - 2, false, &mut hist, &mut t, &mut n);
+                for r in &rows {
+                    let b = r[x - 2] as usize;
+                    let k = hist[b] as usize - 1;
+                    t -= add[k];
+                    hist[b] = k as u8;
+                }
+                n -= rn;
             }
             if x >= 1 && x + 1 < w {
-                col(x + 1, true, &mut hist, &mut t, &mut n);
+                push(x + 1, &mut hist, &mut t);
+                n += rn;
             }
-            let nf = n as f64;
-            *o = (nf.log2() - t / nf).max(0.0) as f32;
+            emit(x, y, (log2n[n] - t * inv_n[n]).max(0.0));
         }
     }
+}
+
+/// Local entropy map (bits) of a quantised map.
+pub fn local_entropy_q(q: ArrayView2<u8>) -> Array2<f32> {
+    let mut out = Array2::<f32>::zeros(q.dim());
+    for_each_entropy(q, |x, y, v| out[[y, x]] = v);
     out
 }
 
@@ -90,13 +109,15 @@ pub fn local_entropy(gray: ArrayView2<f32>, bins: usize) -> Array2<f32> {
     local_entropy_q(quantise(gray, bins).view())
 }
 
-/// The paper's frame score S̄: mean local entropy, bits.
+/// The paper's frame score S̄: mean local entropy, bits (no map is allocated).
 pub fn mean_local_entropy(gray: ArrayView2<f32>, bins: usize) -> f64 {
-    let m = local_entropy(gray, bins);
-    if m.is_empty() {
+    let q = quantise(gray, bins);
+    let mut sum = 0f64;
+    for_each_entropy(q.view(), |_, _, v| sum += v as f64);
+    if q.is_empty() {
         0.0
     } else {
-        m.iter().map(|&v| v as f64).sum::<f64>() / m.len() as f64
+        sum / q.len() as f64
     }
 }
 

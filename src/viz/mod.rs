@@ -21,7 +21,13 @@ pub fn font_available() -> bool {
             if let Ok(bytes) = std::fs::read(p) {
                 // plotters keeps a 'static reference; one font for the process lifetime.
                 let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-                if plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes).is_ok() {
+                if plotters::style::register_font(
+                    "sans-serif",
+                    plotters::style::FontStyle::Normal,
+                    bytes,
+                )
+                .is_ok()
+                {
                     return true;
                 }
             }
@@ -41,7 +47,9 @@ pub fn inferno(v: f32) -> [u8; 3] {
 pub fn heat_rgb(m: ArrayView2<f32>, lo: f32, hi: f32) -> RgbImage {
     let (h, w) = m.dim();
     let span = if hi > lo { hi - lo } else { 1.0 };
-    RgbImage::from_fn(w as u32, h as u32, |x, y| Rgb(inferno((m[[y as usize, x as usize]] - lo) / span)))
+    RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        Rgb(inferno((m[[y as usize, x as usize]] - lo) / span))
+    })
 }
 
 /// A C×H×W response in RGB order shown as an image, the usual guided-backprop picture:
@@ -62,7 +70,12 @@ pub fn response_rgb(r: ArrayView3<f32>) -> RgbImage {
 /// Blends a [0, 1] map as a heat map over a frame (maps are resized to the frame).
 pub fn blend(frame: &RgbImage, map: ArrayView2<f32>, alpha: f32) -> RgbImage {
     let heat = heat_rgb(map, 0.0, 1.0);
-    let heat = imageops::resize(&heat, frame.width(), frame.height(), imageops::FilterType::Triangle);
+    let heat = imageops::resize(
+        &heat,
+        frame.width(),
+        frame.height(),
+        imageops::FilterType::Triangle,
+    );
     let mut out = frame.clone();
     for (o, h) in out.pixels_mut().zip(heat.pixels()) {
         for k in 0..3 {
@@ -104,7 +117,13 @@ pub fn jpeg_bytes(img: &RgbImage) -> Vec<u8> {
 
 /// The explain panel (the paper's Figure 3): input image, feature response, and local-entropy
 /// map with a colour bar in bits; `entropy_max` is the colour-bar top (log2 9 for 3×3 patches).
-pub fn panel(image: &RgbImage, response: &RgbImage, entropy: ArrayView2<f32>, entropy_max: f32, title: &str) -> RgbImage {
+pub fn panel(
+    image: &RgbImage,
+    response: &RgbImage,
+    entropy: ArrayView2<f32>,
+    entropy_max: f32,
+    title: &str,
+) -> RgbImage {
     use plotters::prelude::*;
     let scale = 2u32;
     let (tw, th) = (image.width() * scale, image.height() * scale);
@@ -116,7 +135,12 @@ pub fn panel(image: &RgbImage, response: &RgbImage, entropy: ArrayView2<f32>, en
     let ent = heat_rgb(entropy, 0.0, entropy_max);
     let tiles = [up(image), up(response), up(&ent)];
     for (i, t) in tiles.iter().enumerate() {
-        imageops::overlay(&mut canvas, t, (gap + i as u32 * (tw + gap)) as i64, top as i64);
+        imageops::overlay(
+            &mut canvas,
+            t,
+            (gap + i as u32 * (tw + gap)) as i64,
+            top as i64,
+        );
     }
     let bar_x = gap * 4 + tw * 3 - gap + gap;
     for y in 0..th {
@@ -130,16 +154,32 @@ pub fn panel(image: &RgbImage, response: &RgbImage, entropy: ArrayView2<f32>, en
         let buf: &mut [u8] = &mut canvas;
         let root = BitMapBackend::with_buffer(buf, (w, h)).into_drawing_area();
         let f = ("sans-serif", 18).into_font();
-        let heads = ["input", "feature response (guided backprop)", "local entropy, 3×3 (bits)"];
+        let heads = [
+            "input",
+            "feature response (guided backprop)",
+            "local entropy, 3×3 (bits)",
+        ];
         for (i, head) in heads.iter().enumerate() {
-            let _ = root.draw_text(head, &f.color(&BLACK), ((gap + i as u32 * (tw + gap)) as i32, (top - 24) as i32));
+            let _ = root.draw_text(
+                head,
+                &f.color(&BLACK),
+                ((gap + i as u32 * (tw + gap)) as i32, (top - 24) as i32),
+            );
         }
-        let _ = root.draw_text(title, &("sans-serif", 20).into_font().color(&BLACK), (gap as i32, 6));
+        let _ = root.draw_text(
+            title,
+            &("sans-serif", 20).into_font().color(&BLACK),
+            (gap as i32, 6),
+        );
         let ticks = 4;
         for k in 0..=ticks {
             let v = entropy_max * k as f32 / ticks as f32;
             let y = top as i32 + (th as f32 * (1.0 - k as f32 / ticks as f32)) as i32 - 8;
-            let _ = root.draw_text(&format!("{v:.2}"), &("sans-serif", 14).into_font().color(&BLACK), ((bar_x + bar_w + 4) as i32, y));
+            let _ = root.draw_text(
+                &format!("{v:.2}"),
+                &("sans-serif", 14).into_font().color(&BLACK),
+                ((bar_x + bar_w + 4) as i32, y),
+            );
         }
         let _ = root.present();
     }
