@@ -63,7 +63,7 @@ fn for_each_entropy(q: ArrayView2<u8>, mut emit: impl FnMut(usize, usize, f32)) 
         hist.fill(0);
         let mut t = 0f32;
         let mut n = 0usize;
-        let mut push = |c: usize, hist: &mut [u8; 256], t: &mut f32| {
+        let push = |c: usize, hist: &mut [u8; 256], t: &mut f32| {
             for r in &rows {
                 let b = r[c] as usize;
                 let k = hist[b] as usize;
