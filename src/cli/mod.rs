@@ -10,12 +10,14 @@ pub mod explain;
 pub mod score;
 pub mod watch;
 
-/// Logs go to stderr so stdout stays machine-readable (events, tables).
+/// Logs go to stderr so stdout stays machine-readable (events, tables). tract warns about
+/// old opsets on every load (SqueezeNet is opset 7) although it runs them: keep that quiet.
 pub fn init_tracing(filter: Option<&str>) {
     use tracing_subscriber::EnvFilter;
     let filter = match filter {
         Some(f) => EnvFilter::new(f),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info,tract_onnx=error")),
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
