@@ -405,3 +405,45 @@ fn max_fps_thins_a_live_source() {
     assert!(mean < 260.0, "mean gap {mean} ms for 5 fps: {gaps:?}");
     assert!(get(&st.skipped) > get(&st.delivered));
 }
+
+#[test]
+fn the_watchdog_restarts_a_camera_that_hangs() {
+    logs();
+    // A hung camera: accepts the TCP connection, then never says a word.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let held = held.clone();
+        std::thread::spawn(move || {
+            for c in listener.incoming().flatten() {
+                held.lock().unwrap().push(c);
+            }
+        });
+    }
+    let mut s = spec("hung", &format!("rtsp://127.0.0.1:{port}/x"));
+    s.watchdog = Duration::from_millis(800);
+    let (tx, rx) = bounded(1);
+    let h = source::spawn(s, tx).unwrap();
+    let st = h.stats();
+    let start = Instant::now();
+    while get(&st.watchdog_restarts) < 2 && start.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stop_at = Instant::now();
+    stop(h);
+    eprintln!(
+        "watchdog restarts {}, reconnects {}, connections accepted {}, stop took {:?}",
+        get(&st.watchdog_restarts),
+        get(&st.reconnects),
+        held.lock().unwrap().len(),
+        stop_at.elapsed()
+    );
+    assert!(get(&st.watchdog_restarts) >= 2);
+    // A stall is counted when detected, the reconnect after its backoff.
+    assert!(get(&st.reconnects) >= 1);
+    // Each restart really opened a new connection.
+    assert!(held.lock().unwrap().len() >= 2);
+    assert!(rx.try_recv().is_err(), "a hung camera sends nothing");
+    assert!(st.last_error().unwrap().contains("watchdog"));
+}

@@ -528,7 +528,7 @@ impl Deliver {
 
     /// every_nth on decoded frames, then max_fps on stream time.
     fn keep(&mut self, index: u64, pts_ms: u64) -> bool {
-        if index % self.every_nth != 0 {
+        if !index.is_multiple_of(self.every_nth) {
             return false;
         }
         let Some(period) = self.period_ms else {
