@@ -1,6 +1,8 @@
 //! Camera sources against real components: a gst-rtsp-server on 127.0.0.1, the shared
 //! video clips, damaged copies of them, and a live test pattern.
 
+#[path = "common/mjpeg.rs"]
+mod mjpeg;
 #[path = "common/rtsp.rs"]
 mod rtsp;
 
@@ -446,4 +448,36 @@ fn the_watchdog_restarts_a_camera_that_hangs() {
     assert!(held.lock().unwrap().len() >= 2);
     assert!(rx.try_recv().is_err(), "a hung camera sends nothing");
     assert!(st.last_error().unwrap().contains("watchdog"));
+}
+
+#[test]
+fn http_mjpeg_frames_arrive_and_the_source_reconnects_when_the_stream_ends() {
+    logs();
+    let server = mjpeg::MjpegServer::start(10);
+    let (tx, rx) = bounded(2);
+    let h = source::spawn(spec("cam-http", &server.url()), tx).unwrap();
+    let got = frames(&rx, 10, Duration::from_secs(20));
+    assert!(
+        got.iter()
+            .all(|f| (f.width, f.height) == (224, 224) && f.rgb.len() == 224 * 224 * 3)
+    );
+    assert!(got.windows(2).all(|w| w[1].pts_ms > w[0].pts_ms));
+    let st = h.stats();
+    assert_eq!(get(&st.reconnects), 0);
+    server.cut();
+    let cut = Instant::now();
+    while get(&st.reconnects) == 0 && cut.elapsed() < Duration::from_secs(10) {
+        while rx.try_recv().is_ok() {}
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    while rx.try_recv().is_ok() {}
+    let after = frames(&rx, 5, Duration::from_secs(20));
+    eprintln!(
+        "http: reconnects {}, last error {:?}",
+        get(&st.reconnects),
+        st.last_error()
+    );
+    assert!(get(&st.reconnects) >= 1);
+    assert!(after[0].pts_ms > got.last().unwrap().pts_ms);
+    stop(h);
 }

@@ -13,8 +13,9 @@ pub struct Frame {
     pub camera: Arc<str>,
     /// Frames delivered by this source so far (0-based).
     pub seq: u64,
-    /// Stream timestamp (buffer PTS) in ms; never decreases over the source's life
-    /// (after a reconnect it continues from the last value plus the wall-clock gap).
+    /// Stream timestamp (buffer PTS) in ms; strictly increasing over the source's life
+    /// (after a reconnect it continues from the last value plus the wall-clock gap;
+    /// MJPEG over HTTP uses decode time, its PTS are per network read).
     pub pts_ms: u64,
     /// Width in pixels (= spec.size).
     pub width: u32,

@@ -391,6 +391,7 @@ fn install(
         offset: None,
         drop_when_full: ctx.kind.is_live() || ctx.spec.realtime,
         live: ctx.kind.is_live(),
+        wall_clock: matches!(ctx.kind, SourceKind::HttpMjpeg(_)),
         tx: ctx.tx.clone(),
         stats: ctx.stats.clone(),
         stop: ctx.stop.clone(),
@@ -416,6 +417,8 @@ struct Deliver {
     offset: Option<i64>,
     drop_when_full: bool,
     live: bool,
+    /// Stamp frames with the time since the run started instead of the buffer PTS.
+    wall_clock: bool,
     tx: Sender<SourceMsg>,
     stats: Arc<SourceStats>,
     stop: Arc<AtomicBool>,
@@ -460,9 +463,12 @@ impl Deliver {
         if let Some(p) = px.pts_ns {
             self.run.end_ns.fetch_max(p + dur_ns, Ordering::Relaxed);
         }
-        let raw_ms = px
-            .pts_ns
-            .map_or(since.as_millis() as u64, |ns| ns / 1_000_000);
+        // MJPEG over HTTP is stamped per network read, not per frame (several frames can
+        // share one stamp), so its decode time is the better clock.
+        let raw_ms = match px.pts_ns {
+            Some(ns) if !self.wall_clock => ns / 1_000_000,
+            _ => since.as_millis() as u64,
+        };
         let pts_ms = self.stream_time(raw_ms, captured);
         if !self.keep(index, pts_ms) {
             self.stats.skipped.fetch_add(1, Ordering::Relaxed);
@@ -520,7 +526,8 @@ impl Deliver {
         });
         let mut out = (raw_ms as i64 + offset).max(0) as u64;
         if let Some((last, _)) = *tl {
-            out = out.max(last);
+            // Strictly increasing, even where a source repeats a stamp.
+            out = out.max(last + 1);
         }
         *tl = Some((out, now));
         out
