@@ -86,6 +86,8 @@ fn samples_in(file: &Path) -> u64 {
 
 /// Ends a source and checks that it ends (a hang check, not a speed check).
 fn stop(h: source::SourceHandle) {
+    let t = Instant::now();
+    let name = h.name().to_string();
     h.stop();
     let (tx, rx) = bounded(1);
     std::thread::spawn(move || {
@@ -94,6 +96,7 @@ fn stop(h: source::SourceHandle) {
     });
     rx.recv_timeout(Duration::from_secs(20))
         .expect("source did not stop");
+    eprintln!("{name}: stop() + join() took {:?}", t.elapsed());
 }
 
 #[test]
@@ -316,8 +319,15 @@ fn damaged_or_missing_files_give_one_clear_error() {
     let noise: Vec<u8> = (0..200_000).map(|_| rand::random::<u8>()).collect();
     let cases = [
         ("noise.mp4", noise, "determine type"),
-        // Cut inside the header box (moov is at the start of this clip).
-        ("header-cut.mp4", clip[..5000].to_vec(), "incomplete"),
+        // Cut inside the header box (moov is at the start of this clip). qtdemux says
+        // "incomplete", but GStreamer 1.22's decodebin swallows that error when it races
+        // the autoplugging (measured: 8 of 40 runs, 4 in parallel); then the source's
+        // stall check reports it after `watchdog` instead.
+        (
+            "header-cut.mp4",
+            clip[..5000].to_vec(),
+            "incomplete|could be decoded",
+        ),
         // Header intact, media data cut in half: plays, then stops early.
         ("half.mp4", clip[..clip.len() / 2].to_vec(), "truncated"),
     ];
@@ -332,9 +342,34 @@ fn damaged_or_missing_files_give_one_clear_error() {
         );
         assert_eq!(errs.len(), 1, "{name}: {errs:?}");
         assert!(errs[0].contains(path.to_str().unwrap()), "{}", errs[0]);
-        assert!(errs[0].contains(expect), "{name}: {}", errs[0]);
+        assert!(
+            expect.split('|').any(|e| errs[0].contains(e)),
+            "{name}: {}",
+            errs[0]
+        );
         assert!(!msgs.iter().any(|m| matches!(m, SourceMsg::Eos { .. })));
         assert!(!extra, "{name}: messages after the error");
+    }
+    // Configuration problems are spawn errors naming the camera and the cause.
+    let (tx, _rx) = bounded(1);
+    let err = source::spawn(spec("cam-pattern", "test:nosuchpattern"), tx)
+        .err()
+        .expect("an unknown test pattern is an error")
+        .to_string();
+    assert!(
+        err.contains("cam-pattern") && err.contains("nosuchpattern"),
+        "{err}"
+    );
+    if gst::ElementFactory::find("nvarguscamerasrc").is_none() {
+        let (tx, _rx) = bounded(1);
+        let err = source::spawn(spec("cam-csi", "csi:0"), tx)
+            .err()
+            .expect("no Jetson here")
+            .to_string();
+        assert!(
+            err.contains("cam-csi") && err.contains("nvarguscamerasrc"),
+            "{err}"
+        );
     }
     let missing = dir.path().join("missing.mp4");
     let (tx, _rx) = bounded(1);
@@ -382,6 +417,8 @@ fn live_lag_stays_bounded_with_a_slow_consumer() {
     );
     assert!(last <= first + period, "lag grew: {first:?} -> {last:?}");
     assert!(get(&st.dropped) > 0);
+    // The frames the consumer could not take, not only the pipeline's own drops.
+    assert!(get(&st.dropped_consumer) > 0);
     let accounted = get(&st.delivered) + get(&st.dropped) + get(&st.skipped);
     assert!(
         get(&st.received).abs_diff(accounted) <= 2,
@@ -480,4 +517,68 @@ fn http_mjpeg_frames_arrive_and_the_source_reconnects_when_the_stream_ends() {
     assert!(get(&st.reconnects) >= 1);
     assert!(after[0].pts_ms > got.last().unwrap().pts_ms);
     stop(h);
+}
+
+#[test]
+fn a_realtime_file_is_paced_and_drops_for_a_slow_consumer() {
+    logs();
+    let mut s = spec("file-rt", car().to_str().unwrap());
+    s.realtime = true;
+    let (tx, rx) = bounded(1);
+    let h = source::spawn(s, tx).unwrap();
+    let start = Instant::now();
+    let mut got = Vec::new();
+    while start.elapsed() < Duration::from_secs(3) {
+        if let Ok(SourceMsg::Frame(f)) = rx.recv_timeout(Duration::from_secs(2)) {
+            got.push((Instant::now(), f.pts_ms));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let st = h.stats();
+    stop(h);
+    let (t0, p0) = got[0];
+    let (t1, p1) = *got.last().unwrap();
+    // Stream time advances with wall time (paced), not as fast as the decoder can go.
+    let ratio = (p1 - p0) as f64 / 1000.0 / (t1 - t0).as_secs_f64();
+    eprintln!(
+        "realtime file: {} frames taken, stream/wall ratio {ratio:.2}, received {}, dropped {}",
+        got.len(),
+        get(&st.received),
+        get(&st.dropped)
+    );
+    assert!(
+        (0.7..1.3).contains(&ratio),
+        "stream/wall time ratio {ratio}"
+    );
+    assert!(get(&st.dropped_consumer) > 0);
+}
+
+#[test]
+fn a_file_waiting_for_its_consumer_is_not_a_stall() {
+    logs();
+    let mut s = spec("file-wait", video("bottle-detection.mp4").to_str().unwrap());
+    // Much shorter than the consumer's pause below.
+    s.watchdog = Duration::from_millis(500);
+    let (tx, rx) = bounded(1);
+    let h = source::spawn(s, tx).unwrap();
+    let mut n = 0u64;
+    loop {
+        match rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("file source hangs")
+        {
+            SourceMsg::Frame(_) => {
+                n += 1;
+                if n == 3 {
+                    std::thread::sleep(Duration::from_millis(1500));
+                }
+            }
+            SourceMsg::Eos { .. } => break,
+            SourceMsg::Error { error, .. } => panic!("back-pressure taken for a stall: {error}"),
+        }
+    }
+    let st = h.stats();
+    h.join();
+    assert_eq!(n, samples_in(&video("bottle-detection.mp4")));
+    assert_eq!(get(&st.dropped), 0);
 }
