@@ -206,14 +206,15 @@ fn a_dead_camera_retries_without_disturbing_a_live_one() {
         get(&ds.errors),
         ds.last_error()
     );
-    // Frames keep coming for the whole window, in every second after the first frame.
+    // Frames keep coming for the whole window: in every 2 s after the first frame
+    // (2 s, not 1 s, so that a busy shared CI machine does not fail it).
     let first = alive_at
         .first()
         .copied()
         .expect("no frame from the live camera");
     let mut t = first;
-    while t + Duration::from_secs(1) <= Duration::from_secs(5) {
-        let next = t + Duration::from_secs(1);
+    while t + Duration::from_secs(2) <= Duration::from_secs(5) {
+        let next = t + Duration::from_secs(2);
         assert!(
             alive_at.iter().any(|&a| a >= t && a < next),
             "live camera stalled between {t:?} and {next:?}"
@@ -322,11 +323,12 @@ fn damaged_or_missing_files_give_one_clear_error() {
         // Cut inside the header box (moov is at the start of this clip). qtdemux says
         // "incomplete", but GStreamer 1.22's decodebin swallows that error when it races
         // the autoplugging (measured: 8 of 40 runs, 4 in parallel); then the source's
-        // stall check reports it after `watchdog` instead.
+        // stall check reports it after `watchdog`, or only the generic flow error
+        // arrives; both say the file is damaged.
         (
             "header-cut.mp4",
             clip[..5000].to_vec(),
-            "incomplete|could be decoded",
+            "incomplete|damaged",
         ),
         // Header intact, media data cut in half: plays, then stops early.
         ("half.mp4", clip[..clip.len() / 2].to_vec(), "truncated"),
@@ -398,24 +400,38 @@ fn live_lag_stays_bounded_with_a_slow_consumer() {
     }
     let st = h.stats();
     stop(h);
-    let max_in = |from: f64, to: f64| {
-        ages.iter()
-            .filter(|(t, _)| t.as_secs_f64() >= from && t.as_secs_f64() < to)
+    let in_second = |from: f64| {
+        let mut a: Vec<Duration> = ages
+            .iter()
+            .filter(|(t, _)| t.as_secs_f64() >= from && t.as_secs_f64() < from + 1.0)
             .map(|(_, a)| *a)
-            .max()
-            .expect("frames in every second")
+            .collect();
+        a.sort();
+        assert!(!a.is_empty(), "no frame in second {from}");
+        (a[a.len() / 2], *a.last().unwrap())
     };
-    let first = max_in(0.0, 1.0);
-    let last = max_in(4.0, 5.0);
+    let (first_median, first) = in_second(0.0);
+    let (last_median, last) = in_second(4.0);
     // The consumer's own pace in this run is the margin: a frame may wait one turn.
     let period = (ages.last().unwrap().0 - ages[0].0) / (ages.len() as u32 - 1).max(1);
     eprintln!(
-        "{} frames consumed, period {period:?}, max age first s {first:?}, last s {last:?}, received {}, dropped {}",
+        "{} frames consumed, period {period:?}, age first s median {first_median:?} max {first:?}, \
+         last s median {last_median:?} max {last:?}, received {}, dropped {}",
         ages.len(),
         get(&st.received),
         get(&st.dropped)
     );
-    assert!(last <= first + period, "lag grew: {first:?} -> {last:?}");
+    // A queue that keeps every frame fails this by seconds (measured: max age 0.55 s ->
+    // 2.95 s with an unbounded channel and no drops). The max gets a wider margin
+    // than the median because one scheduler hiccup on a busy machine lands in it.
+    assert!(
+        last_median <= first_median + period,
+        "lag grew: median {first_median:?} -> {last_median:?}"
+    );
+    assert!(
+        last <= first + 3 * period,
+        "lag grew: max {first:?} -> {last:?}"
+    );
     assert!(get(&st.dropped) > 0);
     // The frames the consumer could not take, not only the pipeline's own drops.
     assert!(get(&st.dropped_consumer) > 0);
@@ -441,7 +457,8 @@ fn max_fps_thins_a_live_source() {
     let gaps: Vec<u64> = got.windows(2).map(|w| w[1].pts_ms - w[0].pts_ms).collect();
     assert!(gaps.iter().all(|&g| g >= 190), "{gaps:?}");
     let mean = gaps.iter().sum::<u64>() as f64 / gaps.len() as f64;
-    assert!(mean < 260.0, "mean gap {mean} ms for 5 fps: {gaps:?}");
+    // Unthinned it would be 40 ms (25 fps); a busy machine may lose a frame here and there.
+    assert!(mean < 300.0, "mean gap {mean} ms for 5 fps: {gaps:?}");
     assert!(get(&st.skipped) > get(&st.delivered));
 }
 

@@ -392,7 +392,14 @@ fn error_text(ctx: &Ctx, e: &gst::message::Error) -> String {
         .filter(|l| !l.is_empty() && !l.contains(".c("))
         .map(|l| format!(" ({l})"))
         .unwrap_or_default();
-    ctx.sanitize(&format!("{}: {}{detail}", ctx.shown, e.error()))
+    // Alone, the generic flow error says nothing to a user; it comes alone when
+    // decodebin swallowed the demuxer's own message (see the stall check in `play`).
+    let hint = if !ctx.kind.is_live() && e.error().matches(gst::StreamError::Failed) {
+        ": the file is damaged or not a video GStreamer can decode"
+    } else {
+        ""
+    };
+    ctx.sanitize(&format!("{}: {}{detail}{hint}", ctx.shown, e.error()))
 }
 
 /// Hooks the counters and the frame callback into a freshly built pipeline.
