@@ -42,21 +42,8 @@ impl Ctx {
 
     /// Removes the URI's password from GStreamer's texts, which may quote the URI.
     fn sanitize(&self, text: &str) -> String {
-        let mut out = text.replace(&self.spec.uri, &super::redact(&self.spec.uri));
-        if let Some(pass) = password(&self.spec.uri) {
-            out = out.replace(pass, "***");
-        }
-        out
+        super::uri::scrub(text, &self.spec.uri)
     }
-}
-
-/// The password part of a URI's userinfo, if any.
-fn password(uri: &str) -> Option<&str> {
-    let rest = &uri[uri.find("://")? + 3..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let userinfo = &authority[..authority.rfind('@')?];
-    let pass = &userinfo[userinfo.find(':')? + 1..];
-    (!pass.is_empty()).then_some(pass)
 }
 
 /// How one pipeline run ended.
