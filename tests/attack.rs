@@ -59,9 +59,18 @@ fn linear() -> Linear {
     let clean = Array3::from_shape_fn((S, S, 3), |_| {
         (MEAN + 40.0 * rng.random_range(-1.0f32..1.0)).round()
     });
-    let w: Vec<f32> = (0..CLASSES * D)
+    let mut w: Vec<f32> = (0..CLASSES * D)
         .map(|_| rng.random_range(-1.0f32..1.0) * 0.05)
         .collect();
+    // A per-channel part of w_A that is the same at every position, so that a *universal*
+    // patch (placed anywhere) can flip the decision too.
+    for y in 0..S {
+        for x in 0..S {
+            for (c, o) in [0.04f32, -0.04, 0.04].into_iter().enumerate() {
+                w[A * D + idx(y, x, c)] += o;
+            }
+        }
+    }
     let delta: Vec<f32> = (0..D).map(|i| w[A * D + i] - w[B * D + i]).collect();
     let xt = |y, x, c| (clean[[y, x, c]] - MEAN) / STD;
     let mut dot = 0f32;

@@ -37,9 +37,9 @@ pub struct Args {
     /// Attack only the first N images (sorted by name; for patch, after the training files).
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Random seed.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Random seed of the attacks (each image's seed is derived from it and the file name).
+    #[arg(long = "rng-seed", default_value_t = 0)]
+    pub rng_seed: u64,
     /// Patch area, percent of the image.
     #[arg(long, default_value_t = 5.0)]
     pub patch_area: f32,
@@ -170,7 +170,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             cfg.steps = b;
         }
         let bar = super::eval::bar(cfg.steps as u64, "training patch");
-        let patch = Patch::train(&mut oracle, &train, &cfg, args.seed, |s| {
+        let patch = Patch::train(&mut oracle, &train, &cfg, args.rng_seed, |s| {
             bar.set_position(s as u64)
         })?;
         bar.finish_and_clear();
@@ -191,7 +191,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if argmax(&oracle.logits(px.view())?) != l.label {
             continue;
         }
-        let seed = job_seed(args.seed, &l.name, &args.attack);
+        let seed = job_seed(args.rng_seed, &l.name, &args.attack);
         let r = atk
             .run(&mut oracle, px.view(), l.label, seed)
             .with_context(|| format!("attacking {}", l.name))?;

@@ -56,9 +56,9 @@ pub struct Args {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub jobs: Option<usize>,
-    /// Random seed.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Random seed of the attacks (each image's seed is derived from it and the file name).
+    #[arg(long = "rng-seed", default_value_t = 0)]
+    pub rng_seed: u64,
     /// Clean false-positive rate that fixes Table 2's threshold.
     #[arg(long, default_value_t = 0.05)]
     pub fpr: f64,
@@ -367,7 +367,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<_>>()?
         };
         let train_px = &train_px;
-        let seed = args.seed;
+        let seed = args.rng_seed;
         pool(
             to_train,
             jobs,
@@ -418,7 +418,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }),
                 None => attack::by_name(&a, &opts)?,
             };
-            let seed = job_seed(args.seed, &l.name, &a);
+            let seed = job_seed(args.rng_seed, &l.name, &a);
             let r = atk
                 .run(&mut w.oracle, px.view(), l.label, seed)
                 .with_context(|| format!("{a} on {}", l.name))?;
