@@ -5,7 +5,7 @@
 //! around the clean image (size δ·d), then a step towards it (ε·d), each judged by one forward
 //! call, with δ and ε adapted to the recent success rates (target 50% and 25%, as the paper).
 //! Every queried candidate is rounded to 8 bits first, so the result is adversarial as a frame.
-//! Budget: `max_queries` forwards (default 300, far below the paper's thousands: expect a
+//! Budget: `max_queries` forwards (default 200, far below the paper's thousands: expect a
 //! larger perturbation than theirs).
 
 use super::{Attack, AttackError, AttackResult, Forward, Model, argmax, check_class, finish};
@@ -29,7 +29,7 @@ pub struct Boundary {
 impl Default for Boundary {
     fn default() -> Self {
         Boundary {
-            max_queries: 300,
+            max_queries: 200,
             spherical_step: 0.05,
             source_step: 0.05,
             init_tries: 20,

@@ -3,7 +3,8 @@
 //!
 //! Each step needs ∇(z_k − z_orig) for the 9 other candidates: one gradient call each, with
 //! seed onehot(k) − onehot(orig). Works in float pixels; the result is then rounded to 8 bits,
-//! and `float_success` vs `success` tells whether it survived the rounding.
+//! and `survives_quantisation` tells whether that alone still fools the model. When it does not,
+//! the perturbation is scaled up (×1.5 … ×16, L∞ ≤ 8) until the 8-bit frame does: `success`.
 
 use super::{Attack, AttackError, AttackResult, Model, argmax, check_class, finish};
 use crate::engine::top_k;
@@ -18,6 +19,8 @@ pub struct DeepFool {
     pub overshoot: f32,
     /// Maximum steps.
     pub max_steps: u32,
+    /// L∞ cap of the 8-bit repair (pixel units).
+    pub max_linf: f32,
 }
 
 impl Default for DeepFool {
@@ -26,6 +29,7 @@ impl Default for DeepFool {
             candidates: 10,
             overshoot: 0.02,
             max_steps: 50,
+            max_linf: 8.0,
         }
     }
 }
@@ -81,6 +85,27 @@ impl Attack for DeepFool {
             cur = m.logits(x.view())?;
         }
         let float_ok = argmax(&cur) != label;
-        finish(m, px, x, label, None, float_ok, steps, start)
+        let mut q = x.clone();
+        super::quantise(&mut q);
+        let direct = argmax(&m.logits(q.view())?) != label;
+        if float_ok && !direct {
+            // Rounding to 8 bits undid it (DeepFool stops right at the boundary, and most of
+            // its per-pixel changes are below half a gray level): scale the perturbation up
+            // until the 8-bit frame fools the model, keeping L∞ ≤ `max_linf`.
+            for f in [1.5f32, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0] {
+                let mut y = px.to_owned();
+                Zip::from(&mut y).and(&r_tot).for_each(|a, &r| {
+                    let d = (f * (1.0 + self.overshoot) * r).clamp(-self.max_linf, self.max_linf);
+                    *a = (*a + d).round().clamp(0.0, 255.0)
+                });
+                if argmax(&m.logits(y.view())?) != label {
+                    x = y;
+                    break;
+                }
+            }
+        }
+        let mut r = finish(m, px, x, label, None, float_ok, steps, start)?;
+        r.survives_quantisation = float_ok && direct;
+        Ok(r)
     }
 }

@@ -218,6 +218,8 @@ pub struct AttackResult {
     pub success: bool,
     /// The same before rounding to 8 bits (equal to `success` for attacks that work on the grid).
     pub float_success: bool,
+    /// The float adversarial, simply rounded to 8 bits, still fools the model.
+    pub survives_quantisation: bool,
     /// Ground-truth label.
     pub label: usize,
     /// Softmax probability of the label after the attack.
@@ -238,13 +240,6 @@ pub struct AttackResult {
     pub calls: Calls,
     /// Where a patch was pasted (x, y, w, h), for patch attacks.
     pub patch_box: Option<[u32; 4]>,
-}
-
-impl AttackResult {
-    /// Survives quantisation: the float attack worked and still works as an 8-bit image.
-    pub fn survives_quantisation(&self) -> bool {
-        self.float_success && self.success
-    }
 }
 
 /// L2 and L∞ distance between two images.
@@ -281,6 +276,7 @@ pub(crate) fn finish(
     Ok(AttackResult {
         success,
         float_success,
+        survives_quantisation: float_success && success,
         label,
         gt_conf: p[label],
         target_class: tc,

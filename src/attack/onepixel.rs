@@ -2,8 +2,8 @@
 //! minimising the ground-truth probability, stopping once it is below 5% (as the paper).
 //!
 //! Forward calls only (it sees the model as [`Forward`]). Budget: `population` ×
-//! (1 + `generations`) forwards at most; defaults 30 × 9 = 270 with k = 3 pixels
-//! (Su et al. used 400 × 100: this budget is ~150× smaller, so expect a lower success rate).
+//! (1 + `generations`) forwards at most; defaults 20 × 7 = 140 with k = 3 pixels
+//! (Su et al. used 400 × 100: this budget is ~300× smaller, so expect a lower success rate).
 //! DE/rand/1 with F = 0.5 and no crossover, as Su et al.; colours start from N(128, 127).
 
 use super::{Attack, AttackError, AttackResult, Forward, Model, check_class, finish};
@@ -31,8 +31,8 @@ impl Default for OnePixel {
     fn default() -> Self {
         OnePixel {
             pixels: 3,
-            population: 30,
-            generations: 8,
+            population: 20,
+            generations: 6,
             stop_prob: 0.05,
             f: 0.5,
         }

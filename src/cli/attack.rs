@@ -210,7 +210,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             linf: r.linf,
             iterations: r.iterations,
             seconds: r.seconds,
-            survives_quantisation: r.survives_quantisation(),
+            survives_quantisation: r.survives_quantisation,
             forward_calls: r.calls.forward,
             gradient_calls: r.calls.gradient,
         })?;

@@ -27,6 +27,9 @@ pub struct Record {
     pub success: bool,
     /// The float adversarial did.
     pub float_success: bool,
+    /// The float adversarial, simply rounded to 8 bits, still fooled the model.
+    #[serde(default)]
+    pub survives_quantisation: bool,
     /// Label probability after the attack.
     pub gt_conf: f32,
     /// New top-1 (or the target).
@@ -167,8 +170,10 @@ pub fn build(
                 images: all.len(),
                 seconds: all.iter().map(|r| r.seconds).sum::<f64>() + extra_seconds(a),
                 success: ok.len() as f64 / all.len().max(1) as f64,
-                survives_quantisation: all.iter().filter(|r| r.float_success && r.success).count()
-                    as f64
+                survives_quantisation: all
+                    .iter()
+                    .filter(|r| r.float_success && r.survives_quantisation)
+                    .count() as f64
                     / fl.max(1) as f64,
                 gt_conf: mean(&ok.iter().map(|r| r.gt_conf as f64).collect::<Vec<_>>()),
                 target_conf: mean(&ok.iter().map(|r| r.target_conf as f64).collect::<Vec<_>>()),
