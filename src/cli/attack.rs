@@ -118,6 +118,23 @@ pub fn save_png(px: &ndarray::Array3<f32>, p: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", p.display()))
 }
 
+const HEADER: [&str; 13] = [
+    "file",
+    "label",
+    "success",
+    "gt_conf",
+    "target_class",
+    "target_conf",
+    "l2",
+    "linf",
+    "iterations",
+    "seconds",
+    "survives_quantisation",
+    "forward_calls",
+    "gradient_calls",
+];
+
+/// One manifest row, in `HEADER` order.
 #[derive(serde::Serialize)]
 struct Row<'a> {
     file: &'a str,
@@ -180,8 +197,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (attack::by_name(&args.attack, &opts)?, &images[..])
     };
     let todo = &todo[..args.limit.unwrap_or(todo.len()).min(todo.len())];
-    let mut w = csv::Writer::from_path(args.output.join("manifest.csv"))
-        .with_context(|| format!("writing {}", args.output.join("manifest.csv").display()))?;
+    let mpath = args.output.join("manifest.csv");
+    // The header is written by hand so that a run that attacks nothing still leaves one.
+    let mut w = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_path(&mpath)
+        .with_context(|| format!("writing {}", mpath.display()))?;
+    w.write_record(HEADER)?;
+    w.flush()?;
     let bar = super::eval::bar(todo.len() as u64, &args.attack);
     let (mut n_ok, mut n_att) = (0, 0);
     for l in todo {
