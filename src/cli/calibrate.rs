@@ -45,7 +45,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| args.model.model_name.clone());
         let size = model_size(&model).with_context(|| format!("camera {:?}", c.name))?;
-        // No events while calibrating: every frame feeds the onset reference.
+        // No events while calibrating.
         let mut det = DetectorConfig::default_for(DetectorKind::Onset);
         det.rule.threshold = f64::INFINITY;
         det.rule.end_threshold = f64::INFINITY;

@@ -3,7 +3,7 @@
 
 use super::DetectorKind;
 use super::profile::{CameraProfile, Quantiles, ScoreProfile};
-use super::score::{OnsetReference, kl_divergence};
+use super::score::{jump, kl_divergence};
 
 /// One clean frame as calibration sees it.
 #[derive(Debug, Clone)]
@@ -19,24 +19,18 @@ pub struct CleanFrame {
 /// Calibration settings.
 #[derive(Debug, Clone)]
 pub struct CalibrationParams {
-    /// Target per-frame false-positive rate (0 < fpr < 1).
+    /// Target per-frame false-positive rate of the start threshold (0 < fpr < 1).
     pub fpr: f64,
-    /// Onset reference length, frames (as the detector will use it).
-    pub history: usize,
-    /// How stale the frozen onset reference may get before an event ends, frames: the end
-    /// threshold is set so clean frames this far after the reference froze mostly count as clear.
-    pub stale_frames: usize,
-    /// Share of clean frames against a stale reference that must count as clear.
-    pub clear_share: f64,
+    /// Per-frame rate at which a clean jump may count as an onset event's end jump: the onset
+    /// end threshold is the jump at this rate, capped at the start threshold.
+    pub end_fpr: f64,
 }
 
 impl Default for CalibrationParams {
     fn default() -> Self {
         CalibrationParams {
             fpr: 0.01,
-            history: super::camera::DEFAULT_HISTORY,
-            stale_frames: 40,
-            clear_share: 0.9,
+            end_fpr: 0.01,
         }
     }
 }
@@ -95,35 +89,13 @@ fn summary(scores: &[f64], threshold: f64, end_threshold: f64) -> ScoreProfile {
     }
 }
 
-/// Onset scores of clean footage, exactly as an idle detector computes them:
-/// KL(p_t ‖ mean of the previous `history` frames); the first frame has none.
-pub fn onset_scores(frames: &[CleanFrame], history: usize) -> Vec<f64> {
-    let mut r = OnsetReference::new(history);
-    let mut out = Vec::with_capacity(frames.len());
-    for f in frames {
-        if let Some(d) = r.divergence(&f.probs) {
-            out.push(d);
-        }
-        r.push(&f.probs);
-    }
-    out
-}
-
-/// KL of each frame against a reference that froze `stale` frames earlier: what an open
-/// onset event compares the frames after an attack with.
-pub fn stale_onset_scores(frames: &[CleanFrame], history: usize, stale: usize) -> Vec<f64> {
-    let mut out = Vec::new();
-    let h = history.max(1);
-    for t in (h + stale)..frames.len() {
-        let mut r = OnsetReference::new(h);
-        for f in &frames[t - stale - h..t - stale] {
-            r.push(&f.probs);
-        }
-        if let Some(d) = r.divergence(&frames[t].probs) {
-            out.push(d);
-        }
-    }
-    out
+/// Onset (jump) scores of clean footage, as the detector computes them: the symmetric KL
+/// between consecutive frames.
+pub fn onset_scores(frames: &[CleanFrame]) -> Vec<f64> {
+    frames
+        .windows(2)
+        .map(|w| jump(&w[1].probs, &w[0].probs))
+        .collect()
 }
 
 /// Share of consecutive frames whose top-1 class differs.
@@ -169,14 +141,11 @@ pub fn calibrate_camera(
         Some(summary(scores, t, t))
     };
     let onset = {
-        let s = onset_scores(frames, p.history);
+        let s = onset_scores(frames);
         let t = threshold_at_fpr(&s, p.fpr)?;
-        // The end threshold: most clean frames must count as clear against a reference that
-        // froze a while ago, or an event would outlive its attack; never below the start one.
-        let stale = stale_onset_scores(frames, p.history, p.stale_frames.min(frames.len() / 4));
-        let mut st = stale.clone();
-        st.sort_by(f64::total_cmp);
-        let end = quantile_sorted(&st, p.clear_share).max(t);
+        // Lower end threshold: the end jump of an attack tends to be smaller than its onset
+        // (the scene moved on meanwhile), but a jump this large inside a stretch is rare.
+        let end = threshold_at_fpr(&s, p.end_fpr)?.min(t);
         summary(&s, t, end)
     };
     let ent: Vec<f64> = frames.iter().map(|f| f.entropy).collect();
@@ -251,15 +220,11 @@ mod tests {
         let p = CalibrationParams::default();
         let prof = calibrate_camera(&frames, "m", DetectorKind::Onset, 1, &p).unwrap();
         let on = prof.onset.unwrap();
-        // The flicker stays under the threshold it calibrated...
-        assert!(on.threshold >= on.quantiles.p99);
-        assert!(on.end_threshold >= on.threshold);
-        // ...and a distribution the camera never showed is far over it.
-        let mut r = OnsetReference::new(p.history);
-        for f in &frames[..p.history] {
-            r.push(&f.probs);
-        }
-        let attack = r.divergence(&[0.02, 0.02, 0.94, 0.02]).unwrap();
+        // The flicker stays at (not over) the threshold it calibrated...
+        assert!(on.threshold >= on.quantiles.max - 1e-12);
+        assert!(on.end_threshold <= on.threshold);
+        // ...and a jump to a distribution the camera never showed is far over it.
+        let attack = jump(&[0.02, 0.02, 0.94, 0.02], &a);
         assert!(
             attack > 5.0 * on.threshold.max(1e-3),
             "attack {attack} vs {}",

@@ -244,3 +244,174 @@ mod tests {
         assert!(!r.is_open());
     }
 }
+
+/// Parameters of the onset rule.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct OnsetConfig {
+    /// A jump over this opens a candidate event.
+    pub threshold: f64,
+    /// While a candidate or event is open, a jump over this is the end jump.
+    pub end_threshold: f64,
+    /// Frames (the jump frame included) a candidate must last without an end jump before
+    /// it becomes an event: a flicker spike that jumps straight back is not an event.
+    pub confirm_frames: usize,
+    /// Longest event, stream ms (0 = no limit).
+    pub max_event_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum OnsetState {
+    Idle,
+    Candidate { start: u64, frames: usize },
+    Open { since: u64 },
+}
+
+/// The onset rule, driven by the jump of the class distribution between consecutive frames:
+/// the onset jump opens an event and the end jump closes it. In between, the attacked frames
+/// may differ from the scene before the attack by any amount (measured: they do, and the
+/// scene keeps moving), but they differ little from *each other*, so the event stays one.
+#[derive(Debug, Clone)]
+pub struct OnsetRule {
+    cfg: OnsetConfig,
+    state: OnsetState,
+}
+
+impl OnsetRule {
+    /// A closed rule; `confirm_frames` is clamped to ≥ 1.
+    pub fn new(mut cfg: OnsetConfig) -> Self {
+        cfg.confirm_frames = cfg.confirm_frames.max(1);
+        OnsetRule {
+            cfg,
+            state: OnsetState::Idle,
+        }
+    }
+
+    /// Whether an event is open (candidates do not count).
+    pub fn is_open(&self) -> bool {
+        matches!(self.state, OnsetState::Open { .. })
+    }
+
+    /// Feeds one frame's jump score at stream time `pts_ms`.
+    pub fn step(&mut self, jump: f64, pts_ms: u64) -> Transition {
+        match self.state {
+            OnsetState::Idle => {
+                if jump > self.cfg.threshold {
+                    self.state = OnsetState::Candidate {
+                        start: pts_ms,
+                        frames: 0,
+                    };
+                    return self.confirm(pts_ms);
+                }
+                Transition::Idle
+            }
+            OnsetState::Candidate { .. } => {
+                if jump > self.cfg.end_threshold {
+                    // It jumped straight back (or elsewhere): flicker, not an attack.
+                    self.state = OnsetState::Idle;
+                    Transition::Idle
+                } else {
+                    self.confirm(pts_ms)
+                }
+            }
+            OnsetState::Open { since } => {
+                if jump > self.cfg.end_threshold {
+                    self.state = OnsetState::Idle;
+                    Transition::End(EndReason::Cleared)
+                } else if self.cfg.max_event_ms > 0
+                    && pts_ms.saturating_sub(since) >= self.cfg.max_event_ms
+                {
+                    self.state = OnsetState::Idle;
+                    Transition::End(EndReason::Timeout)
+                } else {
+                    Transition::Open
+                }
+            }
+        }
+    }
+
+    fn confirm(&mut self, _pts_ms: u64) -> Transition {
+        if let OnsetState::Candidate { start, frames } = self.state {
+            let frames = frames + 1;
+            if frames >= self.cfg.confirm_frames {
+                self.state = OnsetState::Open { since: start };
+                return Transition::Start {
+                    start_pts_ms: start,
+                };
+            }
+            self.state = OnsetState::Candidate { start, frames };
+        }
+        Transition::Idle
+    }
+
+    /// Closes an open event or drops a candidate; returns whether an event was open.
+    pub fn finish(&mut self) -> bool {
+        let was = self.is_open();
+        self.state = OnsetState::Idle;
+        was
+    }
+}
+
+#[cfg(test)]
+mod onset_tests {
+    use super::*;
+
+    fn rule() -> OnsetRule {
+        OnsetRule::new(OnsetConfig {
+            threshold: 3.0,
+            end_threshold: 2.0,
+            confirm_frames: 2,
+            max_event_ms: 0,
+        })
+    }
+
+    fn run(r: &mut OnsetRule, jumps: &[f64]) -> Vec<(u64, Option<u64>)> {
+        let mut out: Vec<(u64, Option<u64>)> = Vec::new();
+        for (i, &j) in jumps.iter().enumerate() {
+            match r.step(j, i as u64 * 100) {
+                Transition::Start { start_pts_ms } => out.push((start_pts_ms, None)),
+                Transition::End(_) => out.last_mut().unwrap().1 = Some(i as u64 * 100),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn onset_jump_opens_end_jump_closes_one_event() {
+        // Jumps inside the stretch (1.5) stay under the end threshold.
+        let j = [0.1, 0.2, 3.5, 0.5, 1.5, 0.3, 1.9, 0.4, 2.7, 0.1, 0.2];
+        assert_eq!(run(&mut rule(), &j), vec![(200, Some(800))]);
+    }
+
+    #[test]
+    fn a_flicker_spike_that_jumps_back_is_no_event() {
+        let j = [0.1, 3.5, 3.4, 0.1, 0.2, 4.0, 2.5, 0.1];
+        assert!(run(&mut rule(), &j).is_empty());
+    }
+
+    #[test]
+    fn jumps_between_the_thresholds_never_open() {
+        let j = [2.9, 0.1, 2.5, 2.9, 0.0];
+        assert!(run(&mut rule(), &j).is_empty());
+    }
+
+    #[test]
+    fn timeout_and_finish() {
+        let mut r = OnsetRule::new(OnsetConfig {
+            max_event_ms: 300,
+            ..rule().cfg
+        });
+        let j = [3.5, 0.1, 0.1, 0.1, 0.1, 0.1];
+        let mut ends = vec![];
+        for (i, &v) in j.iter().enumerate() {
+            if let Transition::End(w) = r.step(v, i as u64 * 100) {
+                ends.push((i, w));
+            }
+        }
+        assert_eq!(ends, vec![(3, EndReason::Timeout)]);
+        let mut r = rule();
+        r.step(3.5, 0);
+        r.step(0.1, 100);
+        assert!(r.is_open() && r.finish() && !r.is_open());
+    }
+}

@@ -204,7 +204,8 @@ pub fn run(plan: WatchPlan, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
     while ready < n {
         match ctl_rx.recv() {
             Ok(Ctl::Ready(_, Ok(()))) => ready += 1,
-            Ok(Ctl::Ready(_, Err(e))) => {
+            Ok(Ctl::Ready(w, Err(e))) => {
+                tracing::debug!(worker = w, "engine worker failed to start");
                 open_error.get_or_insert(e);
                 ready += 1;
             }
