@@ -14,8 +14,8 @@ OUT=out/watch-demo
 mkdir -p "$OUT"
 rm -f "$OUT"/alerts.jsonl "$OUT"/spool.redb
 
-echo "== 1. calibrate the camera on clean footage (threshold at 1% false positives per frame)"
-"$BIN" calibrate "street=$CLIP" --every-nth 2 --fpr 0.01 -o "$OUT/profile.toml"
+echo "== 1. calibrate the camera on clean footage (onset threshold: no clean jump above it)"
+"$BIN" calibrate "street=$CLIP" --every-nth 2 --fpr 0.005 -o "$OUT/profile.toml"
 
 cat > "$OUT/cameras.toml" <<TOML
 [[sink]]

@@ -128,9 +128,15 @@ fn watch_a_file_writes_finite_scores_and_exits_at_eos() {
         assert!(r["over_threshold"].is_boolean());
     }
     let pts: Vec<u64> = recs.iter().map(|r| r["pts_ms"].as_u64().unwrap()).collect();
-    assert!(pts.windows(2).all(|w| w[0] < w[1]), "frames out of order: {pts:?}");
+    assert!(
+        pts.windows(2).all(|w| w[0] < w[1]),
+        "frames out of order: {pts:?}"
+    );
     // The entropy is the paper's S̄ in bits: between 0 and log2(9).
-    assert!(recs.iter().all(|r| (0.0..=3.17).contains(&r["entropy"].as_f64().unwrap())));
+    assert!(
+        recs.iter()
+            .all(|r| (0.0..=3.17).contains(&r["entropy"].as_f64().unwrap()))
+    );
 }
 
 #[test]
@@ -142,7 +148,12 @@ fn unknown_config_key_is_one_clear_error() {
         "[[camera]]\nname = \"gate\"\nsource = \"test:\"\nfps = 5\n",
     )
     .unwrap();
-    let out = bin().arg("watch").arg("--config").arg(&cfg).output().unwrap();
+    let out = bin()
+        .arg("watch")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let e = stderr(&out);
     assert!(e.contains("`fps`") && e.contains("line 4"), "{e}");
@@ -157,7 +168,13 @@ fn corrupt_file_fails_only_its_camera() {
     let cut = dir.path().join("truncated.mp4");
     std::fs::write(&cut, &bytes[..bytes.len() / 20]).unwrap();
     let junk = dir.path().join("junk.mp4");
-    std::fs::write(&junk, (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect::<Vec<u8>>()).unwrap();
+    std::fs::write(
+        &junk,
+        (0..200_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
     let f = dir.path().join("f.jsonl");
     let out = bin()
         .arg("watch")
@@ -169,7 +186,10 @@ fn corrupt_file_fails_only_its_camera() {
         .output()
         .unwrap();
     let e = stderr(&out);
-    assert!(out.status.success(), "the good camera ran, so watch succeeds: {e}");
+    assert!(
+        out.status.success(),
+        "the good camera ran, so watch succeeds: {e}"
+    );
     assert!(!e.contains("panicked"), "{e}");
     // The junk file cannot be decoded at all: an error line naming that camera.
     assert!(
@@ -196,7 +216,14 @@ fn rtsp_feed_survives_a_server_restart_and_a_dead_camera_does_not_stop_it() {
         .arg("watch")
         .arg(format!("live={}", server.url()))
         .arg(format!("dead=rtsp://127.0.0.1:{dead}/cam"))
-        .args(["--every-nth", "4", "--watchdog-secs", "2", "--metrics-addr", "off"])
+        .args([
+            "--every-nth",
+            "4",
+            "--watchdog-secs",
+            "2",
+            "--metrics-addr",
+            "off",
+        ])
         .arg("--frames-out")
         .arg(&f)
         .stdout(Stdio::null())
@@ -209,12 +236,17 @@ fn rtsp_feed_survives_a_server_restart_and_a_dead_camera_does_not_stop_it() {
     std::thread::sleep(Duration::from_secs(2));
     let before = live(&f);
     let server = rtsp::RtspServer::start_on(&clip("car-detection.mp4"), port);
-    wait_for(90, "frames after the server restart", || live(&f) >= before + 10);
+    wait_for(90, "frames after the server restart", || {
+        live(&f) >= before + 10
+    });
     let (st, err) = terminate(child);
     server.stop();
     assert!(st.success(), "graceful exit on SIGTERM: {err}");
     let recs = lines(&f);
-    assert!(recs.iter().all(|r| r["camera"] == "live"), "dead camera produced frames?");
+    assert!(
+        recs.iter().all(|r| r["camera"] == "live"),
+        "dead camera produced frames?"
+    );
     assert!(recs.iter().all(|r| finite(r, "score")));
     // Credentials-free URL here, but the dead camera is logged by name, and nothing panicked.
     assert!(!err.contains("panicked"), "{err}");
@@ -227,19 +259,32 @@ fn metrics_and_healthz_answer_over_http() {
     let child = bin()
         .arg("watch")
         .arg("pattern=test:ball")
-        .args(["--max-fps", "5", "--metrics-addr", &format!("127.0.0.1:{port}")])
+        .args([
+            "--max-fps",
+            "5",
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+        ])
         .current_dir(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    let get = |p: &str| ureq::get(&format!("{base}{p}")).call().ok().and_then(|r| r.into_string().ok());
+    let get = |p: &str| {
+        ureq::get(&format!("{base}{p}"))
+            .call()
+            .ok()
+            .and_then(|r| r.into_string().ok())
+    };
     wait_for(60, "frames processed in /metrics", || {
         get("/metrics").is_some_and(|m| {
             m.lines().any(|l| {
                 l.starts_with("advguard_frames_processed_total{camera=\"pattern\"}")
-                    && l.split_whitespace().last().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v >= 3.0)
+                    && l.split_whitespace()
+                        .last()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .is_some_and(|v| v >= 3.0)
             })
         })
     });
@@ -273,16 +318,21 @@ fn calibrated_clean_clip_is_quiet_and_an_injected_fgsm_stretch_is_one_event() {
     let out = bin()
         .arg("calibrate")
         .arg(&cam)
-        .args(["--every-nth", "2", "--fpr", "0.01", "-o"])
+        // 188 frame pairs: at fpr 0.005 no clean jump may exceed the threshold. (At 0.01 one
+        // may, and the onset rule opens on one confirmed jump: docs/STREAMING.md.)
+        .args(["--every-nth", "2", "--fpr", "0.005", "-o"])
         .arg(&profile)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let p = std::fs::read_to_string(&profile).unwrap();
-    assert!(p.contains("[cameras.street]") && p.contains("threshold"), "{p}");
+    assert!(
+        p.contains("[cameras.street]") && p.contains("threshold"),
+        "{p}"
+    );
 
-    // Clean: no event. (The profile was calibrated on this same footage at 1 % per frame;
-    // the 2-of-3 rule must absorb the remaining isolated spikes.)
+    // Clean: no event. (The profile was calibrated on this same footage, so this checks
+    // that watch scores exactly as calibrate did, and that the end threshold does not fire alone.)
     let clean = bin()
         .arg("watch")
         .arg(&cam)
@@ -291,7 +341,11 @@ fn calibrated_clean_clip_is_quiet_and_an_injected_fgsm_stretch_is_one_event() {
         .output()
         .unwrap();
     assert!(clean.status.success(), "{}", stderr(&clean));
-    assert!(events(&clean.stdout).is_empty(), "clean clip raised events: {}", String::from_utf8_lossy(&clean.stdout));
+    assert!(
+        events(&clean.stdout).is_empty(),
+        "clean clip raised events: {}",
+        String::from_utf8_lossy(&clean.stdout)
+    );
 
     // Attacked stretch 8 s – 12 s, delivered to a real file sink too.
     let sink = dir.path().join("alerts.jsonl");
@@ -309,7 +363,15 @@ fn calibrated_clean_clip_is_quiet_and_an_injected_fgsm_stretch_is_one_event() {
     let att = bin()
         .arg("watch")
         .arg(&cam)
-        .args(["--every-nth", "2", "--metrics-addr", "off", "--inject", "fgsm:eps=4:from=8:to=12", "--profile"])
+        .args([
+            "--every-nth",
+            "2",
+            "--metrics-addr",
+            "off",
+            "--inject",
+            "fgsm:eps=4:from=8:to=12",
+            "--profile",
+        ])
         .arg(&profile)
         .arg("--config")
         .arg(&cfg)
@@ -334,14 +396,19 @@ fn calibrated_clean_clip_is_quiet_and_an_injected_fgsm_stretch_is_one_event() {
     let s0 = starts[0]["start_pts_ms"].as_u64().unwrap();
     let e1 = ends[0]["pts_ms"].as_u64().unwrap();
     // The event opens at the first attacked frames and stays open to the end of the stretch.
-    assert!(s0 >= a0 && s0 <= a0 + 400, "start {s0} vs stretch {a0}..{a1}");
+    assert!(
+        s0 >= a0 && s0 <= a0 + 400,
+        "start {s0} vs stretch {a0}..{a1}"
+    );
     assert!(e1 >= a1, "end {e1} before the stretch ended at {a1}");
     assert!(e1 <= a1 + 2000, "end {e1} lingers after the stretch {a1}");
     assert_eq!(starts[0]["event_id"], ends[0]["event_id"]);
     // The file sink got the same event (spooled, delivered).
     let delivered = lines(&sink);
     assert!(
-        delivered.iter().any(|d| d["event_id"] == starts[0]["event_id"] && d["phase"] == "end"),
+        delivered
+            .iter()
+            .any(|d| d["event_id"] == starts[0]["event_id"] && d["phase"] == "end"),
         "sink file: {delivered:?}"
     );
 }

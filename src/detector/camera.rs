@@ -132,6 +132,7 @@ pub struct CameraDetector {
     prev: Option<Vec<f32>>,
     tracker: EventTracker,
     last: Option<FrameFacts>,
+    last_over: Option<FrameFacts>,
 }
 
 impl CameraDetector {
@@ -157,6 +158,7 @@ impl CameraDetector {
                 cfg.update_interval_ms,
             ),
             last: None,
+            last_over: None,
             cfg,
         }
     }
@@ -204,10 +206,26 @@ impl CameraDetector {
         match self.rule.step(score, f.pts_ms) {
             Transition::Idle => {}
             Transition::Start { start_pts_ms } => {
-                events.push(self.tracker.start(start_pts_ms, &facts, media));
+                // The onset rule confirms one frame after the jump: open with the jump frame
+                // (its score is the event's first peak), then count this frame.
+                let first = self
+                    .last_over
+                    .take()
+                    .filter(|o| o.pts_ms == start_pts_ms && o.pts_ms != facts.pts_ms);
+                match first {
+                    Some(o) => {
+                        let start = self.tracker.start(start_pts_ms, &o, media);
+                        let _ = self.tracker.observe(&facts, media);
+                        events.push(start);
+                    }
+                    None => events.push(self.tracker.start(start_pts_ms, &facts, media)),
+                }
             }
             Transition::Open => events.extend(self.tracker.observe(&facts, media)),
             Transition::End(_) => events.extend(self.tracker.end(Some(&facts))),
+        }
+        if over && !self.rule.is_open() {
+            self.last_over = Some(facts.clone());
         }
         self.last = Some(facts);
         Observation {

@@ -51,9 +51,6 @@ pub struct FrameRecord {
     pub proc_ms: f64,
     /// The frame was replaced by `--inject`.
     pub injected: bool,
-    /// TEMP analysis
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub probs: Option<Vec<f32>>,
 }
 
 /// Everything a worker needs.
@@ -355,7 +352,6 @@ fn process(
         age_ms: age_s * 1e3,
         proc_ms: proc_s * 1e3,
         injected,
-        probs: std::env::var_os("ADVGUARD_DUMP_PROBS").map(|_| probs.clone()),
     };
     let _ = ctx.out.send(Out::Frame(Box::new(rec)));
     Ok(())
