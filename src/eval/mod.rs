@@ -1,1 +1,10 @@
-//! (stage skeleton; filled in by its owner)
+//! Offline evaluation of detectors against attacks: metrics, the paper's tables, plots.
+//!
+//! Scores are oriented so that higher means "adversarial"; thresholds come from clean
+//! scores only, so no number here is tuned on the adversarial images it judges.
+
+pub mod detectors;
+pub mod metrics;
+pub mod plots;
+pub mod report;
+pub mod table;
