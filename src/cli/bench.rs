@@ -97,13 +97,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let bar = indicatif::ProgressBar::new(args.frames as u64);
     let mut ms = Vec::with_capacity(args.frames);
+    let mut stats_ms = Vec::with_capacity(args.frames);
     for _ in 0..args.frames.max(1) {
         let t = Instant::now();
         let out = guard.run_rgb8(&frame, s, s)?;
+        let t2 = Instant::now();
         let _ = advguard::response::analyze(out.response.view(), &args.model.response());
+        stats_ms.push(t2.elapsed().as_secs_f64() * 1e3);
         ms.push(t.elapsed().as_secs_f64() * 1e3);
         bar.inc(1);
     }
+    stats_ms.sort_by(f64::total_cmp);
+    let stats_median = stats_ms[stats_ms.len() / 2];
     bar.finish_and_clear();
     drop(guard);
     ms.sort_by(f64::total_cmp);
@@ -124,8 +129,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let fps_n = many.processed as f64 / many.wall_s.max(1e-9);
     let sustained = (fps_n / 30.0).floor() as u64;
 
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into());
     println!(
-        "advguard bench: model {} on {}, {} cores, video {}",
+        "advguard bench: model {} on {}, {} cores (load average {load} while measuring: other work shares them), video {}",
         args.model.model_name,
         format!("{:?}", args.model.backend).to_lowercase(),
         cores,
@@ -138,6 +147,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         1e3 / median
     );
     println!("| guard frame, p90 | {p90:.1} ms |");
+    println!("| of which response statistics (S̄, concentration), median | {stats_median:.1} ms |");
     println!(
         "| end to end, 1 stream, 1 worker (decode → guard → detector) | {fps1:.1} frames/s ({} frames in {:.1} s) |",
         one.processed, one.wall_s

@@ -225,7 +225,6 @@ mod tests {
         assert_eq!(end.peak_pts_ms, 2000);
         assert_eq!(end.peak_score, 9.0);
         assert!(end.snapshot_jpeg.is_some());
-        drop(media);
         // Media rendered for the start frame and the one new peak only.
         assert_eq!(renders, 2);
         assert_eq!(end.pts_ms, 3100);

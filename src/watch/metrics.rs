@@ -26,6 +26,9 @@ pub struct EventLabel {
     pub phase: String,
 }
 
+/// A camera's name and its source's counters.
+type Tracked = (String, Arc<SourceStats>);
+
 type HistFamily = Family<CamLabel, Histogram, fn() -> Histogram>;
 
 fn latency_hist() -> Histogram {
@@ -61,7 +64,7 @@ pub struct WatchMetrics {
     pub up: Family<CamLabel, Gauge>,
     /// `advguard_camera_errors_total{camera}`.
     pub errors: Family<CamLabel, Counter>,
-    sources: Arc<Mutex<Vec<(String, Arc<SourceStats>)>>>,
+    sources: Arc<Mutex<Vec<Tracked>>>,
 }
 
 impl Default for WatchMetrics {
