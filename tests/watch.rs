@@ -271,6 +271,8 @@ fn metrics_healthz_and_bounded_lag_on_a_live_source() {
     let child = bin()
         .arg("watch")
         .arg("pattern=test:ball")
+        // Threshold 0: every frame is over it, so an event is open when SIGTERM arrives.
+        .args(["--detector", "concentration", "--threshold", "0"])
         .args([
             "--workers",
             "1",
@@ -280,7 +282,7 @@ fn metrics_healthz_and_bounded_lag_on_a_live_source() {
         .arg("--frames-out")
         .arg(&f)
         .current_dir(dir.path())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -310,8 +312,22 @@ fn metrics_healthz_and_bounded_lag_on_a_live_source() {
     assert_eq!(h["status"], "ok");
     assert_eq!(h["cameras"]["pattern"], "running");
     assert!(ureq::get(&format!("{base}/nope")).call().is_err());
+    let mut child = child;
+    let mut out = child.stdout.take().unwrap();
     let (st, err) = terminate(child);
     assert!(st.success(), "{err}");
+    let mut stdout = Vec::new();
+    out.read_to_end(&mut stdout).unwrap();
+    // Graceful shutdown ended the open event: one start, one end, same id.
+    let evs = events(&stdout);
+    let (starts, ends) = (phase(&evs, "start"), phase(&evs, "end"));
+    assert_eq!(
+        (starts.len(), ends.len()),
+        (1, 1),
+        "stdout: {}\nstderr: {err}",
+        String::from_utf8_lossy(&stdout)
+    );
+    assert_eq!(starts[0]["event_id"], ends[0]["event_id"]);
 
     let recv = metric(&m, "advguard_frames_received_total{camera=\"pattern\"}");
     let proc_n = metric(&m, processed);
@@ -425,9 +441,13 @@ fn calibrated_clean_clip_is_quiet_and_an_injected_fgsm_stretch_is_one_event() {
         .arg(&cfg)
         .arg("--frames-out")
         .arg(&frames)
+        .arg("--overlay")
+        .arg(dir.path().join("overlay.mkv"))
         .output()
         .unwrap();
     assert!(att.status.success(), "{}", stderr(&att));
+    let ov = std::fs::metadata(dir.path().join("overlay.mkv")).map_or(0, |m| m.len());
+    assert!(ov > 10_000, "overlay video written: {ov} bytes");
     let evs = events(&att.stdout);
     let starts = phase(&evs, "start");
     let ends = phase(&evs, "end");
