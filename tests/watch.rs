@@ -434,6 +434,9 @@ fn calibrated_clean_clip_is_quiet_and_an_injected_fgsm_stretch_is_one_event() {
             "off",
             "--inject",
             "fgsm:eps=4:from=8:to=12",
+            // 90 sampled frames reach 14.4 s: the stretch and its end, at two thirds of the CPU.
+            "--max-frames",
+            "90",
             "--profile",
         ])
         .arg(&profile)
