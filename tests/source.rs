@@ -86,6 +86,8 @@ fn samples_in(file: &Path) -> u64 {
 
 /// Ends a source and checks that it ends (a hang check, not a speed check).
 fn stop(h: source::SourceHandle) {
+    let t = Instant::now();
+    let name = h.name().to_string();
     h.stop();
     let (tx, rx) = bounded(1);
     std::thread::spawn(move || {
@@ -94,6 +96,7 @@ fn stop(h: source::SourceHandle) {
     });
     rx.recv_timeout(Duration::from_secs(20))
         .expect("source did not stop");
+    eprintln!("{name}: stop() + join() took {:?}", t.elapsed());
 }
 
 #[test]
@@ -203,14 +206,15 @@ fn a_dead_camera_retries_without_disturbing_a_live_one() {
         get(&ds.errors),
         ds.last_error()
     );
-    // Frames keep coming for the whole window, in every second after the first frame.
+    // Frames keep coming for the whole window: in every 2 s after the first frame
+    // (2 s, not 1 s, so that a busy shared CI machine does not fail it).
     let first = alive_at
         .first()
         .copied()
         .expect("no frame from the live camera");
     let mut t = first;
-    while t + Duration::from_secs(1) <= Duration::from_secs(5) {
-        let next = t + Duration::from_secs(1);
+    while t + Duration::from_secs(2) <= Duration::from_secs(5) {
+        let next = t + Duration::from_secs(2);
         assert!(
             alive_at.iter().any(|&a| a >= t && a < next),
             "live camera stalled between {t:?} and {next:?}"
@@ -316,8 +320,16 @@ fn damaged_or_missing_files_give_one_clear_error() {
     let noise: Vec<u8> = (0..200_000).map(|_| rand::random::<u8>()).collect();
     let cases = [
         ("noise.mp4", noise, "determine type"),
-        // Cut inside the header box (moov is at the start of this clip).
-        ("header-cut.mp4", clip[..5000].to_vec(), "incomplete"),
+        // Cut inside the header box (moov is at the start of this clip). qtdemux says
+        // "incomplete", but GStreamer 1.22's decodebin swallows that error when it races
+        // the autoplugging (measured: 8 of 40 runs, 4 in parallel); then the source's
+        // stall check reports it after `watchdog`, or only the generic flow error
+        // arrives; both say the file is damaged.
+        (
+            "header-cut.mp4",
+            clip[..5000].to_vec(),
+            "incomplete|damaged",
+        ),
         // Header intact, media data cut in half: plays, then stops early.
         ("half.mp4", clip[..clip.len() / 2].to_vec(), "truncated"),
     ];
@@ -332,9 +344,34 @@ fn damaged_or_missing_files_give_one_clear_error() {
         );
         assert_eq!(errs.len(), 1, "{name}: {errs:?}");
         assert!(errs[0].contains(path.to_str().unwrap()), "{}", errs[0]);
-        assert!(errs[0].contains(expect), "{name}: {}", errs[0]);
+        assert!(
+            expect.split('|').any(|e| errs[0].contains(e)),
+            "{name}: {}",
+            errs[0]
+        );
         assert!(!msgs.iter().any(|m| matches!(m, SourceMsg::Eos { .. })));
         assert!(!extra, "{name}: messages after the error");
+    }
+    // Configuration problems are spawn errors naming the camera and the cause.
+    let (tx, _rx) = bounded(1);
+    let err = source::spawn(spec("cam-pattern", "test:nosuchpattern"), tx)
+        .err()
+        .expect("an unknown test pattern is an error")
+        .to_string();
+    assert!(
+        err.contains("cam-pattern") && err.contains("nosuchpattern"),
+        "{err}"
+    );
+    if gst::ElementFactory::find("nvarguscamerasrc").is_none() {
+        let (tx, _rx) = bounded(1);
+        let err = source::spawn(spec("cam-csi", "csi:0"), tx)
+            .err()
+            .expect("no Jetson here")
+            .to_string();
+        assert!(
+            err.contains("cam-csi") && err.contains("nvarguscamerasrc"),
+            "{err}"
+        );
     }
     let missing = dir.path().join("missing.mp4");
     let (tx, _rx) = bounded(1);
@@ -363,25 +400,41 @@ fn live_lag_stays_bounded_with_a_slow_consumer() {
     }
     let st = h.stats();
     stop(h);
-    let max_in = |from: f64, to: f64| {
-        ages.iter()
-            .filter(|(t, _)| t.as_secs_f64() >= from && t.as_secs_f64() < to)
+    let in_second = |from: f64| {
+        let mut a: Vec<Duration> = ages
+            .iter()
+            .filter(|(t, _)| t.as_secs_f64() >= from && t.as_secs_f64() < from + 1.0)
             .map(|(_, a)| *a)
-            .max()
-            .expect("frames in every second")
+            .collect();
+        a.sort();
+        assert!(!a.is_empty(), "no frame in second {from}");
+        (a[a.len() / 2], *a.last().unwrap())
     };
-    let first = max_in(0.0, 1.0);
-    let last = max_in(4.0, 5.0);
+    let (first_median, first) = in_second(0.0);
+    let (last_median, last) = in_second(4.0);
     // The consumer's own pace in this run is the margin: a frame may wait one turn.
     let period = (ages.last().unwrap().0 - ages[0].0) / (ages.len() as u32 - 1).max(1);
     eprintln!(
-        "{} frames consumed, period {period:?}, max age first s {first:?}, last s {last:?}, received {}, dropped {}",
+        "{} frames consumed, period {period:?}, age first s median {first_median:?} max {first:?}, \
+         last s median {last_median:?} max {last:?}, received {}, dropped {}",
         ages.len(),
         get(&st.received),
         get(&st.dropped)
     );
-    assert!(last <= first + period, "lag grew: {first:?} -> {last:?}");
+    // A queue that keeps every frame fails this by seconds (measured: max age 0.55 s ->
+    // 2.95 s with an unbounded channel and no drops). The max gets a wider margin
+    // than the median because one scheduler hiccup on a busy machine lands in it.
+    assert!(
+        last_median <= first_median + period,
+        "lag grew: median {first_median:?} -> {last_median:?}"
+    );
+    assert!(
+        last <= first + 3 * period,
+        "lag grew: max {first:?} -> {last:?}"
+    );
     assert!(get(&st.dropped) > 0);
+    // The frames the consumer could not take, not only the pipeline's own drops.
+    assert!(get(&st.dropped_consumer) > 0);
     let accounted = get(&st.delivered) + get(&st.dropped) + get(&st.skipped);
     assert!(
         get(&st.received).abs_diff(accounted) <= 2,
@@ -404,7 +457,8 @@ fn max_fps_thins_a_live_source() {
     let gaps: Vec<u64> = got.windows(2).map(|w| w[1].pts_ms - w[0].pts_ms).collect();
     assert!(gaps.iter().all(|&g| g >= 190), "{gaps:?}");
     let mean = gaps.iter().sum::<u64>() as f64 / gaps.len() as f64;
-    assert!(mean < 260.0, "mean gap {mean} ms for 5 fps: {gaps:?}");
+    // Unthinned it would be 40 ms (25 fps); a busy machine may lose a frame here and there.
+    assert!(mean < 300.0, "mean gap {mean} ms for 5 fps: {gaps:?}");
     assert!(get(&st.skipped) > get(&st.delivered));
 }
 
@@ -480,4 +534,68 @@ fn http_mjpeg_frames_arrive_and_the_source_reconnects_when_the_stream_ends() {
     assert!(get(&st.reconnects) >= 1);
     assert!(after[0].pts_ms > got.last().unwrap().pts_ms);
     stop(h);
+}
+
+#[test]
+fn a_realtime_file_is_paced_and_drops_for_a_slow_consumer() {
+    logs();
+    let mut s = spec("file-rt", car().to_str().unwrap());
+    s.realtime = true;
+    let (tx, rx) = bounded(1);
+    let h = source::spawn(s, tx).unwrap();
+    let start = Instant::now();
+    let mut got = Vec::new();
+    while start.elapsed() < Duration::from_secs(3) {
+        if let Ok(SourceMsg::Frame(f)) = rx.recv_timeout(Duration::from_secs(2)) {
+            got.push((Instant::now(), f.pts_ms));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let st = h.stats();
+    stop(h);
+    let (t0, p0) = got[0];
+    let (t1, p1) = *got.last().unwrap();
+    // Stream time advances with wall time (paced), not as fast as the decoder can go.
+    let ratio = (p1 - p0) as f64 / 1000.0 / (t1 - t0).as_secs_f64();
+    eprintln!(
+        "realtime file: {} frames taken, stream/wall ratio {ratio:.2}, received {}, dropped {}",
+        got.len(),
+        get(&st.received),
+        get(&st.dropped)
+    );
+    assert!(
+        (0.7..1.3).contains(&ratio),
+        "stream/wall time ratio {ratio}"
+    );
+    assert!(get(&st.dropped_consumer) > 0);
+}
+
+#[test]
+fn a_file_waiting_for_its_consumer_is_not_a_stall() {
+    logs();
+    let mut s = spec("file-wait", video("bottle-detection.mp4").to_str().unwrap());
+    // Much shorter than the consumer's pause below.
+    s.watchdog = Duration::from_millis(500);
+    let (tx, rx) = bounded(1);
+    let h = source::spawn(s, tx).unwrap();
+    let mut n = 0u64;
+    loop {
+        match rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("file source hangs")
+        {
+            SourceMsg::Frame(_) => {
+                n += 1;
+                if n == 3 {
+                    std::thread::sleep(Duration::from_millis(1500));
+                }
+            }
+            SourceMsg::Eos { .. } => break,
+            SourceMsg::Error { error, .. } => panic!("back-pressure taken for a stall: {error}"),
+        }
+    }
+    let st = h.stats();
+    h.join();
+    assert_eq!(n, samples_in(&video("bottle-detection.mp4")));
+    assert_eq!(get(&st.dropped), 0);
 }

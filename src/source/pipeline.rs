@@ -73,7 +73,7 @@ pub(crate) fn build(
     let err = |message: String| SourceError::Pipeline {
         camera: spec.name.clone(),
         kind: kind.name(),
-        message,
+        message: super::uri::scrub(&message, &spec.uri),
     };
     let element = gst::parse::launch(desc).map_err(|e| err(e.to_string()))?;
     let pipeline = element

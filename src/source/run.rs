@@ -42,21 +42,8 @@ impl Ctx {
 
     /// Removes the URI's password from GStreamer's texts, which may quote the URI.
     fn sanitize(&self, text: &str) -> String {
-        let mut out = text.replace(&self.spec.uri, &super::redact(&self.spec.uri));
-        if let Some(pass) = password(&self.spec.uri) {
-            out = out.replace(pass, "***");
-        }
-        out
+        super::uri::scrub(text, &self.spec.uri)
     }
-}
-
-/// The password part of a URI's userinfo, if any.
-fn password(uri: &str) -> Option<&str> {
-    let rest = &uri[uri.find("://")? + 3..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let userinfo = &authority[..authority.rfind('@')?];
-    let pass = &userinfo[userinfo.find(':')? + 1..];
-    (!pass.is_empty()).then_some(pass)
 }
 
 /// How one pipeline run ended.
@@ -80,6 +67,8 @@ struct Run {
     last_frame_us: AtomicU64,
     /// Largest PTS + duration seen, ns (to spot truncated files).
     end_ns: AtomicU64,
+    /// The streaming thread is waiting for the consumer (back-pressure, not a stall).
+    waiting: AtomicBool,
 }
 
 impl Run {
@@ -90,8 +79,15 @@ impl Run {
             queued: AtomicU64::new(0),
             drops_counted: AtomicU64::new(0),
             last_frame_us: AtomicU64::new(0),
+            waiting: AtomicBool::new(false),
             end_ns: AtomicU64::new(0),
         }
+    }
+
+    /// Marks progress now (a frame arrived or the consumer took one).
+    fn touch(&self) {
+        let us = self.started.elapsed().as_micros() as u64 + 1;
+        self.last_frame_us.store(us, Ordering::Relaxed);
     }
 
     fn quiet_for(&self) -> Duration {
@@ -179,6 +175,34 @@ pub(crate) fn supervise(ctx: Ctx, first: gst::Pipeline) {
                     }
                 };
                 finish(&ctx, msg);
+                break;
+            }
+            Outcome::Stalled(quiet) if !live => {
+                let frames = run.frames.load(Ordering::Relaxed);
+                let error = if frames == 0 {
+                    format!(
+                        "{}: no video frame could be decoded within {:.1} s: the file is damaged \
+                         or has no video stream GStreamer can decode",
+                        ctx.shown,
+                        quiet.as_secs_f64()
+                    )
+                } else {
+                    format!(
+                        "{}: decoding stalled after {frames} frames ({:.1} s without progress): \
+                         the file is damaged",
+                        ctx.shown,
+                        quiet.as_secs_f64()
+                    )
+                };
+                warn!(camera = %ctx.camera, "{error}");
+                ctx.stats.set_error(error.clone());
+                finish(
+                    &ctx,
+                    SourceMsg::Error {
+                        camera: ctx.camera.clone(),
+                        error,
+                    },
+                );
                 break;
             }
             Outcome::Error(error) if !live => {
@@ -289,7 +313,6 @@ fn play(ctx: &Ctx, pipeline: &gst::Pipeline, run: &Arc<Run>, timeline: &Timeline
     let Some(bus) = pipeline.bus() else {
         return Outcome::Error(format!("{}: pipeline without a bus", ctx.shown));
     };
-    let live = ctx.kind.is_live();
     let types = [
         gst::MessageType::Error,
         gst::MessageType::Eos,
@@ -333,7 +356,9 @@ fn play(ctx: &Ctx, pipeline: &gst::Pipeline, run: &Arc<Run>, timeline: &Timeline
                 _ => {}
             }
         }
-        if live {
+        // Files too: GStreamer 1.22's decodebin can swallow a demuxer error that races
+        // its autoplugging, leaving a pipeline that never prerolls and never says why.
+        if !run.waiting.load(Ordering::SeqCst) {
             let quiet = run.quiet_for();
             if quiet > ctx.spec.watchdog {
                 return Outcome::Stalled(quiet);
@@ -354,7 +379,14 @@ fn error_text(ctx: &Ctx, e: &gst::message::Error) -> String {
         .filter(|l| !l.is_empty() && !l.contains(".c("))
         .map(|l| format!(" ({l})"))
         .unwrap_or_default();
-    ctx.sanitize(&format!("{}: {}{detail}", ctx.shown, e.error()))
+    // Alone, the generic flow error says nothing to a user; it comes alone when
+    // decodebin swallowed the demuxer's own message (see the stall check in `play`).
+    let hint = if !ctx.kind.is_live() && e.error().matches(gst::StreamError::Failed) {
+        ": the file is damaged or not a video GStreamer can decode"
+    } else {
+        ""
+    };
+    ctx.sanitize(&format!("{}: {}{detail}{hint}", ctx.shown, e.error()))
 }
 
 /// Hooks the counters and the frame callback into a freshly built pipeline.
@@ -438,9 +470,7 @@ impl Deliver {
         let captured = Instant::now();
         let index = self.run.frames.fetch_add(1, Ordering::SeqCst);
         let since = self.run.started.elapsed();
-        self.run
-            .last_frame_us
-            .store(since.as_micros() as u64 + 1, Ordering::Relaxed);
+        self.run.touch();
         self.stats.frame_arrived();
         self.stats.connected.store(true, Ordering::Relaxed);
         if self.live
@@ -497,11 +527,17 @@ impl Deliver {
                 }
                 Err(TrySendError::Disconnected(_)) => return Err(self.consumer_gone()),
             }
-        } else if !send_blocking(self.tx.clone(), msg, &self.stop) {
-            if self.stop.load(Ordering::SeqCst) {
-                return Err(gst::FlowError::Flushing);
+        } else {
+            self.run.waiting.store(true, Ordering::SeqCst);
+            let sent = send_blocking(self.tx.clone(), msg, &self.stop);
+            self.run.touch();
+            self.run.waiting.store(false, Ordering::SeqCst);
+            if !sent {
+                if self.stop.load(Ordering::SeqCst) {
+                    return Err(gst::FlowError::Flushing);
+                }
+                return Err(self.consumer_gone());
             }
-            return Err(self.consumer_gone());
         }
         self.stats.delivered.fetch_add(1, Ordering::SeqCst);
         Ok(gst::FlowSuccess::Ok)

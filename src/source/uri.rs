@@ -65,6 +65,24 @@ pub fn redact(uri: &str) -> String {
     out
 }
 
+/// Removes a URI's credentials from any text that may quote it (GStreamer's messages).
+pub(crate) fn scrub(text: &str, uri: &str) -> String {
+    let mut out = text.replace(uri, &redact(uri));
+    if let Some(pass) = password(uri) {
+        out = out.replace(pass, "***");
+    }
+    out
+}
+
+/// The password part of a URI's userinfo, if any.
+fn password(uri: &str) -> Option<&str> {
+    let rest = &uri[uri.find("://")? + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let userinfo = &authority[..authority.rfind('@')?];
+    let pass = &userinfo[userinfo.find(':')? + 1..];
+    (!pass.is_empty()).then_some(pass)
+}
+
 fn is_secret(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
     SECRET_KEYS
@@ -94,5 +112,10 @@ mod tests {
         assert_eq!(redact("rtsp://cam/a@b"), "rtsp://cam/a@b");
         assert_eq!(redact("/data/clip.mp4"), "/data/clip.mp4");
         assert_eq!(redact("rtsp://u:p:q@h/x"), "rtsp://u:***@h/x");
+        let uri = "rtsp://u:pw1@h/x";
+        assert_eq!(
+            super::scrub("could not open rtsp://u:pw1@h/x (auth pw1)", uri),
+            "could not open rtsp://u:***@h/x (auth ***)"
+        );
     }
 }
