@@ -290,8 +290,12 @@ fn onepixel_changes_at_most_k_pixels_and_boundary_never_asks_for_gradients() {
         "no single-pixel flip exists: gain {best} ≤ margin {m0}"
     );
     let mut o = n.oracle();
+    // A larger budget than the default (which is sized for 224×224 photos): the point here is
+    // that DE finds a flip that is known to exist, on a 64-pixel image.
     let atk = OnePixel {
         pixels: 1,
+        population: 40,
+        generations: 20,
         ..OnePixel::default()
     };
     let r = atk.run(&mut o, n.clean.view(), A, 3).unwrap();

@@ -331,7 +331,7 @@ pub struct AttackOptions {
 /// The attack of this name with default budgets (see each module's docs).
 pub fn by_name(name: &str, o: &AttackOptions) -> Result<Box<dyn Attack>, AttackError> {
     if let Some(e) = o.eps
-        && !(e >= 0.0 && e <= 255.0)
+        && !(0.0..=255.0).contains(&e)
     {
         return Err(AttackError::Invalid(format!(
             "--eps {e} is outside 0–255 pixel units"
