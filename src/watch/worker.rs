@@ -51,6 +51,8 @@ pub struct FrameRecord {
     pub proc_ms: f64,
     /// The frame was replaced by `--inject`.
     pub injected: bool,
+    /// Wall-clock time the frame was scored, ms since the Unix epoch (throughput from the records).
+    pub unix_ms: u64,
 }
 
 /// Everything a worker needs.
@@ -350,6 +352,9 @@ fn process(
         kl: obs.scores.kl,
         onset: obs.scores.onset,
         age_ms: age_s * 1e3,
+        unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
         proc_ms: proc_s * 1e3,
         injected,
     };
