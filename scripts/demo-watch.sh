@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 export ADVGUARD_DATA="${ADVGUARD_DATA:-$(cd .. && pwd)/shared/data}"
 export ADVGUARD_MODELS="${ADVGUARD_MODELS:-$ADVGUARD_DATA/models}"
 BIN=./target/release/advguard
-CLIP="$ADVGUARD_DATA/videos/car-detection.mp4"
+# The clip: ../shared/data when present, else the cache, else downloaded and sha256-checked.
+CLIP="$("$BIN" fetch-clip car-detection)"
 OUT=out/watch-demo
 mkdir -p "$OUT"
 rm -f "$OUT"/alerts.jsonl "$OUT"/spool.redb

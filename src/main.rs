@@ -34,6 +34,8 @@ enum Cmd {
     Attack(cli::attack::Args),
     /// Evaluate detectors against attacks (the paper's Table 1 and 2).
     Eval(cli::eval::Args),
+    /// Find or download a demo clip (URL + sha256, like the models); prints its path.
+    FetchClip(cli::fetch_clip::Args),
     /// Alert tools: send a test event through the sinks, drain the spool, show its state.
     Alert(cli::alert::Args),
 }
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Cmd::Attack(a) => cli::attack::run(a),
         Cmd::Eval(a) => cli::eval::run(a),
         Cmd::Alert(a) => cli::alert::run(a),
+        Cmd::FetchClip(a) => cli::fetch_clip::run(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,7 @@ pub mod calibrate;
 pub mod compile;
 pub mod eval;
 pub mod explain;
+pub mod fetch_clip;
 pub mod score;
 pub mod watch;
 
