@@ -6,6 +6,10 @@
 //! averaged. It keeps the sign (guided backprop is mostly positive, adversarial noise is not)
 //! and was the best-separating reading on training photos.
 
+// `!(x > 0.0)` is deliberate below: it is also true for NaN, so an all-NaN or all-zero
+// response yields a flat map instead of dividing by NaN.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 use ndarray::{Array2, ArrayView3, Axis};
 use serde::{Deserialize, Serialize};
 use std::str::FromStr;
