@@ -1,10 +1,13 @@
 //! MQTT sink against a real Mosquitto broker started by the test on a free loopback port.
 
+#[path = "common/port.rs"]
+mod port;
 use advguard::alert::AlertHub;
 use advguard::alert::config::{AlertFile, AlertsConfig};
 use advguard::alert::metrics::ReasonLabel;
 use advguard::detector::event::{Event, Phase};
 use crossbeam_channel::Receiver;
+use port::free_port;
 use rumqttc::{Client, MqttOptions, Packet, QoS};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -12,14 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_advguard");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Broker {
     child: Child,
@@ -29,6 +24,17 @@ struct Broker {
 
 impl Broker {
     fn start() -> Broker {
+        // A port can be briefly held by a child forked elsewhere (see common/port.rs): if
+        // mosquitto exits because it cannot listen, try again on another port.
+        for _ in 0..5 {
+            if let Some(b) = Self::try_start() {
+                return b;
+            }
+        }
+        panic!("mosquitto did not start on five ports")
+    }
+
+    fn try_start() -> Option<Broker> {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
@@ -37,7 +43,7 @@ impl Broker {
             format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
         )
         .unwrap();
-        let child = Command::new("/usr/sbin/mosquitto")
+        let mut child = Command::new("/usr/sbin/mosquitto")
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
@@ -46,17 +52,20 @@ impl Broker {
             .expect("mosquitto installed");
         let t0 = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if child.try_wait().unwrap().is_some() {
+                return None;
+            }
             assert!(
                 t0.elapsed() < Duration::from_secs(10),
                 "mosquitto did not start"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Broker {
+        Some(Broker {
             child,
             port,
             _dir: dir,
-        }
+        })
     }
 }
 

@@ -2,10 +2,13 @@
 //! good and bad signatures, receiver down then back (50 events), and the advguard process
 //! killed mid-backlog then restarted (all 50 ids arrive; duplicates allowed).
 
+#[path = "common/port.rs"]
+mod port;
 use advguard::alert::AlertHub;
 use advguard::alert::config::{AlertFile, AlertsConfig};
 use advguard::alert::sink::{sign, verify_signature};
 use advguard::detector::event::{Event, Phase};
+use port::free_port;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -14,14 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_advguard");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn ev(event_id: &str, seq: u32) -> Event {
     Event {
@@ -66,7 +61,9 @@ struct Receiver {
 
 impl Receiver {
     fn start(port: u16, secret: &str, delay: Duration) -> Receiver {
-        let server = Arc::new(tiny_http::Server::http(("127.0.0.1", port)).unwrap());
+        let server = Arc::new(port::bind_with_retry(|| {
+            tiny_http::Server::http(("127.0.0.1", port))
+        }));
         let ids = Arc::new(Mutex::new(Vec::new()));
         let bad = Arc::new(AtomicUsize::new(0));
         let thread = {

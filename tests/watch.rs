@@ -8,6 +8,9 @@
 #[path = "common/rtsp.rs"]
 mod rtsp;
 
+#[path = "common/port.rs"]
+mod port;
+use port::free_port;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -90,14 +93,6 @@ fn terminate(mut child: Child) -> (std::process::ExitStatus, String) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn finite(v: &Value, k: &str) -> bool {
