@@ -478,3 +478,117 @@ fn calibrated_clean_clip_is_quiet_and_an_injected_fgsm_stretch_is_one_event() {
         "sink file: {delivered:?}"
     );
 }
+
+/// `--overlay rtsp://…`: watch serves the explain view from its own gst-rtsp-server, and a
+/// real RTSP client (rtspsrc → H.264 decode, in this test) receives 448×448 frames whose
+/// caption band turns red while the event is open (threshold 0: every frame is over it).
+#[test]
+fn the_explain_view_is_served_over_rtsp() {
+    use gstreamer as gst;
+    use gstreamer::prelude::*;
+    use gstreamer_app as gst_app;
+
+    let port = free_port();
+    let url = format!("rtsp://127.0.0.1:{port}/explain");
+    let child = bin()
+        .arg("watch")
+        .arg("pattern=test:ball")
+        .args(["--detector", "concentration", "--threshold", "0"])
+        .args(["--workers", "1", "--metrics-addr", "off", "--overlay", &url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    gst::init().unwrap();
+    let desc = format!(
+        "rtspsrc location={url} latency=0 protocols=tcp ! rtph264depay ! avdec_h264 \
+         ! videoconvert ! video/x-raw,format=RGB ! appsink name=sink sync=false"
+    );
+    let t0 = Instant::now();
+    let mut got = Vec::new();
+    'connect: while t0.elapsed() < Duration::from_secs(90) {
+        let pipeline = gst::parse::launch(&desc)
+            .unwrap()
+            .downcast::<gst::Pipeline>()
+            .unwrap();
+        let sink = pipeline
+            .by_name("sink")
+            .unwrap()
+            .downcast::<gst_app::AppSink>()
+            .unwrap();
+        pipeline.set_state(gst::State::Playing).unwrap();
+        // Until the server is up the client fails at once; then try again.
+        while t0.elapsed() < Duration::from_secs(90) {
+            let failed = pipeline
+                .bus()
+                .unwrap()
+                .pop_filtered(&[gst::MessageType::Error])
+                .is_some();
+            if failed {
+                pipeline.set_state(gst::State::Null).unwrap();
+                std::thread::sleep(Duration::from_millis(300));
+                continue 'connect;
+            }
+            if let Some(s) = sink.try_pull_sample(gst::ClockTime::from_mseconds(500)) {
+                let info = gstreamer_video::VideoInfo::from_caps(s.caps().unwrap()).unwrap();
+                let map = s.buffer().unwrap().map_readable().unwrap();
+                let stride = info.stride()[0] as usize;
+                // Right end of the caption band, away from the text.
+                let o = 8 * stride + 3 * (info.width() as usize - 8);
+                got.push((
+                    info.width(),
+                    info.height(),
+                    [map[o], map[o + 1], map[o + 2]],
+                ));
+                if got.len() >= 30 {
+                    break;
+                }
+            }
+        }
+        pipeline.set_state(gst::State::Null).unwrap();
+        break;
+    }
+    let (st, err) = terminate(child);
+    assert!(st.success(), "watch exit {st:?}: {err}");
+    assert!(
+        got.len() >= 5,
+        "frames received over RTSP: {}; {err}",
+        got.len()
+    );
+    assert!(got.iter().all(|&(w, h, _)| (w, h) == (448, 448)), "{got:?}");
+    assert!(
+        got.iter()
+            .any(|&(_, _, [r, g, b])| r > 100 && g < 60 && b < 60),
+        "the alert's red caption band reaches the viewer: {got:?}"
+    );
+}
+
+/// A served overlay on a port that is taken: one error naming the address, non-zero exit.
+#[test]
+fn overlay_port_in_use_is_one_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = bin()
+        .args([
+            "watch",
+            "test:",
+            "--max-frames",
+            "2",
+            "--metrics-addr",
+            "off",
+        ])
+        .args(["--overlay", &format!("rtsp://127.0.0.1:{port}/explain")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].starts_with("error: --overlay: cannot listen on 127.0.0.1:")
+            && lines[0].contains(&port.to_string())
+            && lines[0].contains("in use"),
+        "{err}"
+    );
+}

@@ -7,7 +7,7 @@ use advguard::engine::compile::CompileOptions;
 use advguard::source::SourceSpec;
 use advguard::watch::config::{CameraConfig, WatchFile};
 use advguard::watch::inject::InjectSpec;
-use advguard::watch::{AlertPlan, CameraPlan, WatchPlan};
+use advguard::watch::{AlertPlan, CameraPlan, OverlayTarget, WatchPlan};
 use anyhow::Context;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -64,8 +64,8 @@ pub struct Args {
     /// Write one JSON line per scored frame here.
     #[arg(long)]
     pub frames_out: Option<PathBuf>,
-    /// Write the explain view (heat map + score) as a video: OUT.mp4 or OUT.mkv
-    /// (with several cameras, OUT-<camera>.mp4).
+    /// The explain view (heat map + score): a video file OUT.mp4 / OUT.mkv, or served live at
+    /// rtsp://HOST:PORT/PATH (with several cameras, OUT-<camera>.mp4 / PATH-<camera>).
     #[arg(long)]
     pub overlay: Option<PathBuf>,
     /// `/metrics` and `/healthz` address (`off` to disable) [default: 127.0.0.1:9464].
@@ -230,6 +230,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("--update-secs must be ≥ 0");
     }
     let many = drafts.len() > 1;
+    let overlay_target = args
+        .overlay
+        .as_deref()
+        .map(OverlayTarget::parse)
+        .transpose()?;
     let mut cams = Vec::new();
     for d in &drafts {
         let c = &d.cfg;
@@ -269,21 +274,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             det.source = "command line";
         }
         det.update_interval_ms = (args.update_secs * 1000.0) as u64;
-        let overlay = args.overlay.as_ref().map(|o| {
-            if many {
-                let ext = o
+        let overlay = overlay_target.as_ref().map(|o| match o {
+            _ if !many => o.clone(),
+            OverlayTarget::Rtsp(t) => OverlayTarget::Rtsp(t.with_suffix(&c.name)),
+            OverlayTarget::File(p) => {
+                let ext = p
                     .extension()
                     .map(|e| e.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                o.with_file_name(format!(
+                OverlayTarget::File(p.with_file_name(format!(
                     "{}-{}.{ext}",
-                    o.file_stem()
+                    p.file_stem()
                         .map(|s| s.to_string_lossy().into_owned())
                         .unwrap_or_default(),
                     c.name
-                ))
-            } else {
-                o.clone()
+                )))
             }
         });
         cams.push(CameraPlan {

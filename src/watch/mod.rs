@@ -16,6 +16,7 @@ pub mod config;
 pub mod inject;
 pub mod metrics;
 pub mod overlay;
+pub mod overlay_rtsp;
 pub mod server;
 mod worker;
 
@@ -52,10 +53,31 @@ pub struct CameraPlan {
     pub model: String,
     /// Detector settings (threshold from a profile or the defaults).
     pub detector: DetectorConfig,
-    /// `--overlay` output file.
-    pub overlay: Option<PathBuf>,
+    /// `--overlay` output: a video file or a served RTSP mount.
+    pub overlay: Option<OverlayTarget>,
     /// `--inject` attack stretch.
     pub inject: Option<InjectSpec>,
+}
+
+/// Where a camera's explain view (`--overlay`) goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OverlayTarget {
+    /// An .mp4/.mkv file, finished at the end of the run.
+    File(PathBuf),
+    /// A live mount on a gst-rtsp-server that `run` starts.
+    Rtsp(overlay_rtsp::RtspTarget),
+}
+
+impl OverlayTarget {
+    /// `rtsp://…` is served, anything else is a file.
+    pub fn parse(s: &std::path::Path) -> anyhow::Result<OverlayTarget> {
+        match s.to_str() {
+            Some(u) if u.starts_with("rtsp://") => {
+                Ok(OverlayTarget::Rtsp(overlay_rtsp::RtspTarget::parse(u)?))
+            }
+            _ => Ok(OverlayTarget::File(s.to_path_buf())),
+        }
+    }
 }
 
 /// The alert tables.
@@ -162,6 +184,23 @@ pub fn run(plan: WatchPlan, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
         metrics.up.get_or_create(&cam(&c.name)).set(0);
     }
 
+    // RTSP overlay servers (one per address) and a mount per camera, before the workers
+    // that feed them.
+    let mut overlay_servers: HashMap<(String, u16), overlay_rtsp::OverlayServer> = HashMap::new();
+    let mut rtsp_overlays: HashMap<String, overlay_rtsp::RtspOverlay> = HashMap::new();
+    for c in &plan.cameras {
+        if let Some(OverlayTarget::Rtsp(t)) = &c.overlay {
+            let key = (t.host.clone(), t.port);
+            if !overlay_servers.contains_key(&key) {
+                let s = overlay_rtsp::OverlayServer::start(&t.host, t.port)?;
+                overlay_servers.insert(key.clone(), s);
+            }
+            let mount = overlay_servers[&key].mount(&t.path, c.spec.size);
+            tracing::info!(camera = %c.name, "explain view served at {}", t.url());
+            rtsp_overlays.insert(c.name.clone(), mount);
+        }
+    }
+
     // Workers: camera i → worker i mod n.
     let n = plan.workers.clamp(1, plan.cameras.len());
     let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded::<Ctl>();
@@ -175,6 +214,10 @@ pub fn run(plan: WatchPlan, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
             .enumerate()
             .filter(|(i, _)| i % n == w)
             .map(|(_, c)| c.clone())
+            .collect();
+        let cams_rtsp: HashMap<String, overlay_rtsp::RtspOverlay> = cams
+            .iter()
+            .filter_map(|c| rtsp_overlays.remove(&c.name).map(|o| (c.name.clone(), o)))
             .collect();
         // Two slots per camera: a live source's frame never waits behind more than one other.
         let (tx, rx) = crossbeam_channel::bounded(2 * cams.len().max(1));
@@ -191,6 +234,7 @@ pub fn run(plan: WatchPlan, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
             out: out_tx.clone(),
             ctl: ctl_tx.clone(),
             metrics: metrics.clone(),
+            rtsp_overlays: cams_rtsp,
         };
         workers.push(
             std::thread::Builder::new()

@@ -1,6 +1,7 @@
 //! `--overlay OUT.mp4|.mkv`: writes the video with the response heat map blended in, the
 //! response box, and the score drawn, so an operator sees where the network looks.
 //! Pipeline template: `pipelines/overlay-file.txt` (appsrc → x264enc → mp4mux/matroskamux).
+//! `--overlay rtsp://…` serves the same pictures live instead (`overlay_rtsp`).
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 const TEMPLATE: &str = include_str!("../../pipelines/overlay-file.txt");
 
 /// Upscale factor of the model-size frame in the overlay (224 → 448).
-const SCALE: u32 = 2;
+pub(crate) const SCALE: u32 = 2;
 
 /// One overlay file being written.
 pub struct OverlayWriter {

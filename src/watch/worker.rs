@@ -1,9 +1,11 @@
 //! Engine workers: each owns its guard(s) and the cameras assigned to it, so one camera's
 //! frames are scored in order by one thread and its detector state needs no lock.
 
+use super::OverlayTarget;
 use super::inject::InjectSpec;
 use super::metrics::{EventLabel, WatchMetrics, cam};
 use super::overlay::{self, OverlayWriter};
+use super::overlay_rtsp::RtspOverlay;
 use super::{CameraPlan, Ctl, Out};
 use crate::detector::calibrate::CleanFrame;
 use crate::detector::event::{ClassGuess, Event, Phase};
@@ -68,12 +70,20 @@ pub(super) struct WorkerCtx {
     pub out: Sender<Out>,
     pub ctl: Sender<Ctl>,
     pub metrics: WatchMetrics,
+    /// Served `--overlay rtsp://…` mounts of this worker's cameras.
+    pub rtsp_overlays: HashMap<String, RtspOverlay>,
+}
+
+/// A camera's explain-view output.
+enum OverlayOut {
+    File(OverlayWriter),
+    Rtsp(RtspOverlay),
 }
 
 struct Cam {
     plan: CameraPlan,
     detector: CameraDetector,
-    overlay: Option<OverlayWriter>,
+    overlay: Option<OverlayOut>,
     processed: u64,
     done: bool,
 }
@@ -101,7 +111,7 @@ fn open_guard(
 
 /// Worker thread body: opens the guards (reporting readiness), then scores until every
 /// source feeding it has gone.
-pub(super) fn run(ctx: WorkerCtx) {
+pub(super) fn run(mut ctx: WorkerCtx) {
     let mut guards: HashMap<String, Guard> = HashMap::new();
     let mut plain: HashMap<String, Guard> = HashMap::new();
     let mut ready = Ok(());
@@ -137,16 +147,17 @@ pub(super) fn run(ctx: WorkerCtx) {
     let mut cams: HashMap<Arc<str>, Cam> = HashMap::new();
     for c in &ctx.cameras {
         let size = guards[&c.model].size();
-        let overlay = c
-            .overlay
-            .as_ref()
-            .and_then(|p| match OverlayWriter::create(p, size) {
-                Ok(w) => Some(w),
+        let overlay = match &c.overlay {
+            Some(OverlayTarget::File(p)) => match OverlayWriter::create(p, size) {
+                Ok(w) => Some(OverlayOut::File(w)),
                 Err(e) => {
                     tracing::error!(camera = %c.name, "{e:#}");
                     None
                 }
-            });
+            },
+            Some(OverlayTarget::Rtsp(_)) => ctx.rtsp_overlays.remove(&c.name).map(OverlayOut::Rtsp),
+            None => None,
+        };
         cams.insert(
             Arc::from(c.name.as_str()),
             Cam {
@@ -226,12 +237,13 @@ fn end_camera(ctx: &WorkerCtx, c: &mut Cam, error: Option<String>) {
     if let Some(ev) = c.detector.finish() {
         emit(ctx, ev);
     }
-    if let Some(w) = c.overlay.take() {
-        let path = c.plan.overlay.clone().unwrap_or_default();
+    if let Some(OverlayOut::File(w)) = c.overlay.take() {
+        let path = match &c.plan.overlay {
+            Some(OverlayTarget::File(p)) => p.display().to_string(),
+            _ => String::new(),
+        };
         match w.finish() {
-            Ok(()) => {
-                tracing::info!(camera = %c.plan.name, "overlay written to {}", path.display())
-            }
+            Ok(()) => tracing::info!(camera = %c.plan.name, "overlay written to {path}"),
             Err(e) => tracing::error!(camera = %c.plan.name, "{e:#}"),
         }
     }
@@ -313,18 +325,25 @@ fn process(
     ctx.metrics.processing.get_or_create(&l).observe(proc_s);
     ctx.metrics.age.get_or_create(&l).observe(age_s);
     ctx.metrics.score.get_or_create(&l).observe(obs.score);
-    if let Some(wr) = c.overlay.as_mut() {
-        let img = overlay::render(
+    let render = || {
+        overlay::render(
             &frame_img,
             mag.view(),
             bbox,
             &caption(obs.score, obs.in_event),
             obs.in_event,
-        );
-        if let Err(e) = wr.push(&img, f.pts_ms) {
-            tracing::error!(camera = %c.plan.name, "{e:#}; overlay stopped");
-            c.overlay = None;
+        )
+    };
+    match c.overlay.as_mut() {
+        Some(OverlayOut::File(wr)) => {
+            if let Err(e) = wr.push(&render(), f.pts_ms) {
+                tracing::error!(camera = %c.plan.name, "{e:#}; overlay stopped");
+                c.overlay = None;
+            }
         }
+        // Rendering and encoding cost only while someone watches.
+        Some(OverlayOut::Rtsp(o)) if o.watched() => o.push(&render()),
+        _ => {}
     }
     for ev in obs.events {
         emit(ctx, ev);
