@@ -19,8 +19,13 @@ use std::path::Path;
 pub const PAPER: &str = "S̄ guided last-conv signed/16";
 /// The region statistic aimed at patches.
 pub const CONCENTRATION: &str = "concentration guided last-conv";
+/// The multi-scale region statistic (largest excess of mass share over area share).
+pub const MULTISCALE: &str = "multi-scale concentration guided last-conv";
 /// Block size of the block-max entropy statistic, map pixels.
 pub const BLOCK: usize = 32;
+/// Window sides of the multi-scale concentration on a 224 map: squares of 2 % to 20 % of the
+/// image, chosen from the patch sizes the threat model names, not fitted to scores.
+pub const SCAN_WINDOWS: [usize; 6] = [32, 44, 56, 72, 88, 100];
 
 /// Scores of one image: variant → score, and variant → box for the region statistics.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -113,6 +118,16 @@ fn entropy_variants(s: &mut Scores, tag: &str, r: &Array3<f32>, all_grays: bool)
     let key = format!("concentration {tag}");
     s.values.insert(key.clone(), base.concentration);
     s.boxes.insert(key, base.bbox);
+    let mag = response::gray::magnitude(r.view());
+    let side = mag.nrows().min(mag.ncols()) as f64 / 224.0;
+    let wins: Vec<usize> = SCAN_WINDOWS
+        .iter()
+        .map(|&w| ((w as f64 * side).round() as usize).max(1))
+        .collect();
+    let (ex, eb) = region::multiscale_excess(mag.view(), &wins);
+    let key = format!("multi-scale concentration {tag}");
+    s.values.insert(key.clone(), ex);
+    s.boxes.insert(key, eb);
     let local = entropy::local_entropy(base.gray.view(), 16);
     let (bm, bb) = region::block_max_mean(local.view(), BLOCK);
     let key = format!("block-max entropy {tag} signed/16");

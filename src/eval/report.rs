@@ -1,6 +1,6 @@
 //! Per-image records (the resumable cache of `advguard eval`) → tables and plots.
 
-use super::detectors::{CONCENTRATION, PAPER, Scores};
+use super::detectors::{CONCENTRATION, MULTISCALE, PAPER, Scores};
 use super::metrics::{auc, mean, median, precision_recall, roc, threshold_at_fpr, tpr_at_fpr};
 use super::plots::{PlotError, hist_plot, roc_plot};
 use super::table::{AttackRow, DetectorRow, Table, detectors_by_attack, table1, table2};
@@ -116,7 +116,7 @@ pub fn build(
         dets.retain(|d| detectors.iter().any(|f| d.contains(f.as_str())));
     }
     // The paper's detector first, then the patch statistic, then the rest.
-    dets.sort_by_key(|d| (d != PAPER, d != CONCENTRATION, d.clone()));
+    dets.sort_by_key(|d| (d != PAPER, d != CONCENTRATION, d != MULTISCALE, d.clone()));
     let mut csv = Table::new(&[
         "detector",
         "attack",
@@ -214,7 +214,7 @@ pub fn build(
     }
     for (d, rows) in rows_by_det
         .iter()
-        .filter(|(d, _)| d == PAPER || d == CONCENTRATION)
+        .filter(|(d, _)| d == PAPER || d == CONCENTRATION || d == MULTISCALE)
     {
         let _ = writeln!(md, "## Detector: {d}\n\n{}", table1(rows).to_markdown());
     }
@@ -228,6 +228,7 @@ pub fn build(
     for a in attacks.iter().filter(|a| a.starts_with("patch")) {
         for key in [
             CONCENTRATION.to_string(),
+            MULTISCALE.to_string(),
             "block-max entropy guided last-conv signed/16".to_string(),
             "concentration plain last-conv".to_string(),
         ] {
@@ -272,7 +273,7 @@ pub fn plots(dir: &Path, records: &[Record], attacks: &[String]) -> Result<(), P
         .iter()
         .filter(|r| r.attack == CLEAN && r.correct)
         .collect();
-    for d in [PAPER, CONCENTRATION] {
+    for d in [PAPER, CONCENTRATION, MULTISCALE] {
         let cs = values(clean.iter().copied(), d);
         let mut curves = vec![];
         for a in attacks {

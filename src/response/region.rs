@@ -27,8 +27,36 @@ pub fn best_window_share(m: ArrayView2<f32>, win: usize) -> (f64, [u32; 4]) {
     if h == 0 || w == 0 {
         return (0.0, [0, 0, 0, 0]);
     }
-    let (wh, ww) = (win.clamp(1, h), win.clamp(1, w));
+    best_share_in(&integral(m), win)
+}
+
+/// Multi-scale scan: over the window sides in `wins`, the largest excess of a window's mass
+/// share over its area share (what a uniform map would give), with that window's box.
+///
+/// One fixed window under-covers a patch larger than itself and dilutes a smaller one; the
+/// excess over the area share puts windows of different sizes on one scale without any
+/// per-scale constant fitted to data (a scan statistic in the spirit of Kulldorff's).
+pub fn multiscale_excess(m: ArrayView2<f32>, wins: &[usize]) -> (f64, [u32; 4]) {
+    let (h, w) = m.dim();
+    if h == 0 || w == 0 || wins.is_empty() {
+        return (0.0, [0, 0, 0, 0]);
+    }
     let s = integral(m);
+    let mut best = (f64::NEG_INFINITY, [0u32; 4]);
+    for &win in wins {
+        let (share, b) = best_share_in(&s, win);
+        let excess = share - (b[2] as f64 * b[3] as f64) / (h * w) as f64;
+        if excess > best.0 {
+            best = (excess, b);
+        }
+    }
+    best
+}
+
+/// `best_window_share` on a precomputed summed-area table.
+fn best_share_in(s: &Array2<f64>, win: usize) -> (f64, [u32; 4]) {
+    let (h, w) = (s.nrows() - 1, s.ncols() - 1);
+    let (wh, ww) = (win.clamp(1, h), win.clamp(1, w));
     let total = s[[h, w]];
     let mut best = (f64::NEG_INFINITY, 0, 0);
     for y in 0..=h - wh {
@@ -102,5 +130,23 @@ mod tests {
         let (mx, bb) = block_max_mean(m.view(), 32);
         assert_eq!(bb, [32, 0, 32, 32]);
         assert!(mx > 0.05);
+    }
+
+    #[test]
+    fn multiscale_picks_the_window_that_fits() {
+        // A 40×40 hot square on a faint floor: the 40 window has the largest excess, and a
+        // uniform map has none at any scale.
+        let mut m = Array2::<f32>::from_elem((128, 128), 0.01);
+        for y in 30..70 {
+            for x in 60..100 {
+                m[[y, x]] = 1.0;
+            }
+        }
+        let (ex, b) = multiscale_excess(m.view(), &[16, 40, 64]);
+        assert_eq!(b, [60, 30, 40, 40]);
+        let total = 1600.0 + 0.01 * (128.0 * 128.0 - 1600.0);
+        assert!((ex - (1600.0 / total - 1600.0 / (128.0 * 128.0))).abs() < 1e-6);
+        let (u, _) = multiscale_excess(Array2::<f32>::ones((32, 32)).view(), &[8, 16]);
+        assert!(u.abs() < 1e-12);
     }
 }

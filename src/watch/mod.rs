@@ -186,13 +186,13 @@ pub fn run(plan: WatchPlan, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
 
     // RTSP overlay servers (one per address) and a mount per camera, before the workers
     // that feed them.
-    let mut overlay_servers: HashMap<(String, u16), overlay_rtsp::OverlayServer> = HashMap::new();
+    let mut overlay_servers: HashMap<(String, u16), overlay_rtsp::RtspServer> = HashMap::new();
     let mut rtsp_overlays: HashMap<String, overlay_rtsp::RtspOverlay> = HashMap::new();
     for c in &plan.cameras {
         if let Some(OverlayTarget::Rtsp(t)) = &c.overlay {
             let key = (t.host.clone(), t.port);
             if !overlay_servers.contains_key(&key) {
-                let s = overlay_rtsp::OverlayServer::start(&t.host, t.port)?;
+                let s = overlay_rtsp::RtspServer::start(&t.host, t.port)?;
                 overlay_servers.insert(key.clone(), s);
             }
             let mount = overlay_servers[&key].mount(&t.path, c.spec.size);

@@ -84,17 +84,18 @@ impl RtspTarget {
     }
 }
 
-/// A running gst-rtsp-server for overlay mounts.
-pub struct OverlayServer {
+/// A gst-rtsp-server on its own thread and GLib context: overlay mounts, or any launch line
+/// (the tests serve real clips with it).
+pub struct RtspServer {
     mounts: rtsp::RTSPMountPoints,
     main_loop: glib::MainLoop,
     thread: Option<std::thread::JoinHandle<()>>,
     port: u16,
 }
 
-impl OverlayServer {
+impl RtspServer {
     /// Binds `host:port` and starts serving (no mounts yet).
-    pub fn start(host: &str, port: u16) -> anyhow::Result<OverlayServer> {
+    pub fn start(host: &str, port: u16) -> anyhow::Result<RtspServer> {
         gst::init()?;
         // gst-rtsp-server only says "failed to attach"; a probe bind gives the OS's reason.
         if port != 0 {
@@ -107,7 +108,7 @@ impl OverlayServer {
             .name(format!("overlay-rtsp-{port}"))
             .spawn(move || serve(&host, port, tx))?;
         match rx.recv() {
-            Ok(Ok((mounts, main_loop, port))) => Ok(OverlayServer {
+            Ok(Ok((mounts, main_loop, port))) => Ok(RtspServer {
                 mounts,
                 main_loop,
                 thread: Some(thread),
@@ -128,13 +129,21 @@ impl OverlayServer {
         self.port
     }
 
+    /// Mounts a gst-rtsp-server launch line (`( … ! rtpXpay name=pay0 )`) at `path`; `shared`:
+    /// one media for all clients, else each client gets its own from the start.
+    pub fn mount_launch(&self, path: &str, launch: &str, shared: bool) -> rtsp::RTSPMediaFactory {
+        let factory = rtsp::RTSPMediaFactory::new();
+        factory.set_launch(launch);
+        factory.set_shared(shared);
+        self.mounts.add_factory(path, factory.clone());
+        factory
+    }
+
     /// Adds a mount at `path` for frames of `size`×`size` model pixels.
     pub fn mount(&self, path: &str, size: u32) -> RtspOverlay {
         let (width, height) = (size * super::overlay::SCALE, size * super::overlay::SCALE);
-        let factory = rtsp::RTSPMediaFactory::new();
-        factory.set_launch(&describe(width, height));
         // One encoder per camera however many viewers.
-        factory.set_shared(true);
+        let factory = self.mount_launch(path, &describe(width, height), true);
         let slot: Arc<Mutex<Option<gst_app::AppSrc>>> = Arc::default();
         let s = slot.clone();
         factory.connect_media_configure(move |_, media| {
@@ -154,7 +163,6 @@ impl OverlayServer {
                 *s2.lock().unwrap_or_else(|p| p.into_inner()) = None;
             });
         });
-        self.mounts.add_factory(path, factory);
         RtspOverlay {
             slot,
             width,
@@ -163,7 +171,7 @@ impl OverlayServer {
     }
 }
 
-impl Drop for OverlayServer {
+impl Drop for RtspServer {
     fn drop(&mut self) {
         self.main_loop.quit();
         if let Some(t) = self.thread.take() {
