@@ -68,25 +68,41 @@ fn for_each_entropy_packed(
         inv_n[n] = 1.0 / n as f32;
     }
     let s = |n: usize, t: f32| (log2n[n] - t * inv_n[n]).max(0.0);
-    let mut col = vec![0u64; w];
+    // Column histograms slide down the image (add the row entering below, drop the one
+    // leaving above), the window histogram slides along the row: Perreault & Hébert's
+    // constant-time scheme, with a whole histogram in one register.
+    let one = |v: u8| 1u64 << ((v & 15) as u32 * 4);
+    let row = |r: usize| &qs[r * w..(r + 1) * w];
+    let mut col: Vec<u64> = row(0).iter().map(|&v| one(v)).collect();
     for y in 0..h {
-        let (r0, r1) = (y.saturating_sub(1), (y + 1).min(h - 1));
-        let rn = r1 - r0 + 1;
-        col.fill(0);
-        for r in r0..=r1 {
-            for (c, &v) in col.iter_mut().zip(&qs[r * w..(r + 1) * w]) {
-                *c += 1u64 << ((v & 15) as u32 * 4);
-            }
+        if y + 1 < h {
+            col.iter_mut()
+                .zip(row(y + 1))
+                .for_each(|(c, &v)| *c += one(v));
         }
+        if y >= 2 {
+            col.iter_mut()
+                .zip(row(y - 2))
+                .for_each(|(c, &v)| *c -= one(v));
+        }
+        let rn = (y + 1).min(h - 1) - y.saturating_sub(1) + 1;
         if w == 1 {
             emit(0, y, s(rn, t_of(col[0])));
             continue;
         }
-        emit(0, y, s(2 * rn, t_of(col[0] + col[1])));
+        let mut win = col[0] + col[1];
+        emit(0, y, s(2 * rn, t_of(win)));
         for x in 1..w - 1 {
-            emit(x, y, s(3 * rn, t_of(col[x - 1] + col[x] + col[x + 1])));
+            win += col[x + 1];
+            if x >= 2 {
+                win -= col[x - 2];
+            }
+            emit(x, y, s(3 * rn, t_of(win)));
         }
-        emit(w - 1, y, s(2 * rn, t_of(col[w - 2] + col[w - 1])));
+        if w >= 3 {
+            win -= col[w - 3];
+        }
+        emit(w - 1, y, s(2 * rn, t_of(win)));
     }
 }
 
