@@ -112,6 +112,11 @@ fn for_each_entropy(q: ArrayView2<u8>, mut emit: impl FnMut(usize, usize, f32)) 
     if h == 0 || w == 0 {
         return;
     }
+    let q = q.as_standard_layout();
+    let qs = q.as_slice().expect("standard layout");
+    if qs.iter().all(|&v| v < 16) {
+        return for_each_entropy_packed(qs, h, w, &mut emit);
+    }
     let f = nlog2n_table();
     // Adding a sample to a bin holding k changes T by add[k]; removing one from k+1 by -add[k].
     let mut add = [0f32; 9];
@@ -123,11 +128,6 @@ fn for_each_entropy(q: ArrayView2<u8>, mut emit: impl FnMut(usize, usize, f32)) 
     for n in 1..10 {
         log2n[n] = (n as f32).log2();
         inv_n[n] = 1.0 / n as f32;
-    }
-    let q = q.as_standard_layout();
-    let qs = q.as_slice().expect("standard layout");
-    if qs.iter().all(|&v| v < 16) {
-        return for_each_entropy_packed(qs, h, w, &mut emit);
     }
     let mut hist = [0u8; 256];
     for y in 0..h {

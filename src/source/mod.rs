@@ -16,7 +16,7 @@ mod uri;
 
 pub use error::SourceError;
 pub use frame::Frame;
-pub use pipeline::describe;
+pub use pipeline::{describe, template_body};
 pub use spec::{SourceKind, SourceSpec};
 pub use stats::SourceStats;
 pub use uri::redact;

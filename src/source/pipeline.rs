@@ -38,15 +38,21 @@ pub fn describe(spec: &SourceSpec, kind: &SourceKind) -> String {
         SourceKind::Test(p) => ("{pattern}", p.clone()),
         SourceKind::JetsonCsi(id) => ("{sensor}", id.to_string()),
     };
+    template_body(template)
+        .replace(key, &value)
+        .replace("{size}", &spec.size.to_string())
+        .replace("{sync}", if spec.realtime { "true" } else { "false" })
+}
+
+/// A `pipelines/*.txt` template as one gst-launch line: `#` comment lines dropped, the rest
+/// joined with spaces (placeholders left for the caller).
+pub fn template_body(template: &str) -> String {
     let body: Vec<&str> = template
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect();
     body.join(" ")
-        .replace(key, &value)
-        .replace("{size}", &spec.size.to_string())
-        .replace("{sync}", if spec.realtime { "true" } else { "false" })
 }
 
 /// Quotes a property value for gst-launch syntax.

@@ -35,6 +35,7 @@ use crossbeam_channel::RecvTimeoutError;
 use inject::InjectSpec;
 use metrics::{WatchMetrics, cam};
 use prometheus_client::registry::Registry;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::PathBuf;
@@ -190,12 +191,13 @@ pub fn run(plan: WatchPlan, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
     let mut rtsp_overlays: HashMap<String, overlay_rtsp::RtspOverlay> = HashMap::new();
     for c in &plan.cameras {
         if let Some(OverlayTarget::Rtsp(t)) = &c.overlay {
-            let key = (t.host.clone(), t.port);
-            if !overlay_servers.contains_key(&key) {
-                let s = overlay_rtsp::RtspServer::start(&t.host, t.port)?;
-                overlay_servers.insert(key.clone(), s);
-            }
-            let mount = overlay_servers[&key].mount(&t.path, c.spec.size);
+            let server = match overlay_servers.entry((t.host.clone(), t.port)) {
+                Entry::Occupied(o) => o.into_mut(),
+                Entry::Vacant(v) => {
+                    v.insert(overlay_rtsp::RtspServer::start(&t.host, t.port).context("--overlay")?)
+                }
+            };
+            let mount = server.mount(&t.path, c.spec.size);
             tracing::info!(camera = %c.name, "explain view served at {}", t.url());
             rtsp_overlays.insert(c.name.clone(), mount);
         }

@@ -42,12 +42,7 @@ pub fn describe(path: &Path, width: u32, height: u32) -> anyhow::Result<String> 
             path.display()
         );
     }
-    let body: String = TEMPLATE
-        .lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .collect::<Vec<_>>()
-        .join("\n");
-    Ok(body
+    Ok(crate::source::template_body(TEMPLATE)
         .replace("{width}", &width.to_string())
         .replace("{height}", &height.to_string())
         .replace("{mux}", mux)

@@ -100,7 +100,7 @@ impl RtspServer {
         // gst-rtsp-server only says "failed to attach"; a probe bind gives the OS's reason.
         if port != 0 {
             std::net::TcpListener::bind((host, port))
-                .map_err(|e| anyhow::anyhow!("--overlay: cannot listen on {host}:{port}: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{port}: {e}"))?;
         }
         let (tx, rx) = std::sync::mpsc::channel();
         let host = host.to_string();
@@ -116,11 +116,9 @@ impl RtspServer {
             }),
             Ok(Err(e)) => {
                 let _ = thread.join();
-                Err(anyhow::anyhow!(
-                    "--overlay: cannot serve RTSP on port {port}: {e}"
-                ))
+                Err(anyhow::anyhow!("cannot serve RTSP on port {port}: {e}"))
             }
-            Err(_) => Err(anyhow::anyhow!("--overlay: the RTSP server thread died")),
+            Err(_) => Err(anyhow::anyhow!("the RTSP server thread died")),
         }
     }
 
@@ -180,13 +178,9 @@ impl Drop for RtspServer {
     }
 }
 
-/// The launch line of one mount (comments stripped from the template).
+/// The launch line of one mount.
 fn describe(width: u32, height: u32) -> String {
-    TEMPLATE
-        .lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .collect::<Vec<_>>()
-        .join("\n")
+    crate::source::template_body(TEMPLATE)
         .replace("{width}", &width.to_string())
         .replace("{height}", &height.to_string())
 }
@@ -246,14 +240,19 @@ impl RtspOverlay {
     }
 
     /// Pushes one rendered frame; the appsrc stamps it with the pipeline's running time.
-    pub fn push(&self, img: &RgbImage) {
+    pub fn push(&self, img: RgbImage) {
         let Some(src) = self.slot.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
             return;
         };
         let img = if img.width() != self.width || img.height() != self.height {
-            imageops::resize(img, self.width, self.height, imageops::FilterType::Triangle)
+            imageops::resize(
+                &img,
+                self.width,
+                self.height,
+                imageops::FilterType::Triangle,
+            )
         } else {
-            img.clone()
+            img
         };
         // A flow error means the viewer went away mid-push; the next connect builds new media.
         let _ = src.push_buffer(gst::Buffer::from_mut_slice(img.into_raw()));

@@ -342,7 +342,7 @@ fn process(
             }
         }
         // Rendering and encoding cost only while someone watches.
-        Some(OverlayOut::Rtsp(o)) if o.watched() => o.push(&render()),
+        Some(OverlayOut::Rtsp(o)) if o.watched() => o.push(render()),
         _ => {}
     }
     for ev in obs.events {
