@@ -1,8 +1,10 @@
 //! Criterion benchmarks: local entropy on a 224×224 map, and one guard frame
-//! (forward + guided backward + entropy) for SqueezeNet on tract and on ONNX Runtime CPU
-//! in the same run, with the plain forward pass of each as the reference.
+//! (forward + guided backward + entropy) for each shared classifier on tract and on
+//! ONNX Runtime CPU (1 thread) in the same run, with the plain forward pass of each as
+//! the reference; the run ends with a table of guard/forward ratios.
 //!
-//! `ADVGUARD_MODELS=../shared/data/models cargo bench --bench guard`
+//! `ADVGUARD_MODELS=../shared/data/models cargo bench --bench guard [-- MODEL]`
+//! (`BENCH_MODELS=squeezenet1.1,mobilenet_v2` restricts the models).
 
 use advguard::engine::compile::CompileOptions;
 use advguard::engine::manifest::Manifest;
@@ -27,49 +29,95 @@ fn entropy_bench(c: &mut Criterion) {
     }
 }
 
+/// The three shared classifiers, each on every backend that loads: the plain forward
+/// pass (the reference) and a guard frame (guided, last-conv seed, plus S̄).
 fn guard_bench(c: &mut Criterion) {
-    let m = Manifest::load("squeezenet1.1").expect("manifest");
-    let model = advguard::data_dir().join("models").join(&m.model.file);
-    let img = m
-        .preprocess
-        .load_image(&advguard::data_dir().join("images/dev/n01440764_tench.JPEG"))
-        .expect("photo");
-    let px = Preprocess::pixels(&img);
-    let cfg = ResponseConfig::default();
     let mut backends = vec![BackendKind::Tract];
     if ort_backend::available() {
         backends.push(BackendKind::OrtCpu);
     } else {
-        eprintln!("ONNX Runtime not loadable: skipping the ORT reference");
+        eprintln!("ONNX Runtime not loadable: skipping the ORT rows");
     }
-    let mut group = c.benchmark_group("squeezenet");
-    group.sample_size(30);
-    for be in backends {
-        let open = |compile| {
-            Guard::open(
-                &m,
-                &GuardOptions {
-                    model_path: Some(model.clone()),
-                    backend: be,
-                    compile,
-                },
-            )
-            .expect("guard")
-        };
-        let mut fwd = open(None);
-        let mut guard = open(Some(CompileOptions::default()));
-        let name = fwd.backend().to_string();
-        group.bench_function(format!("{name}/forward"), |b| {
-            b.iter(|| fwd.run_pixels(px.view()).expect("run"))
-        });
-        group.bench_function(format!("{name}/guard_frame"), |b| {
-            b.iter(|| {
-                let out = guard.run_pixels(px.view()).expect("run");
-                response::analyze(out.response.view(), &cfg)
-            })
-        });
+    let only = std::env::var("BENCH_MODELS").unwrap_or_default();
+    for name in MODELS {
+        if !only.is_empty() && !only.split(',').any(|m| m == *name) {
+            continue;
+        }
+        let m = Manifest::load(name).expect("manifest");
+        let model = advguard::data_dir().join("models").join(&m.model.file);
+        let img = m
+            .preprocess
+            .load_image(&advguard::data_dir().join("images/dev/n01440764_tench.JPEG"))
+            .expect("photo");
+        let px = Preprocess::pixels(&img);
+        let cfg = ResponseConfig::default();
+        let mut group = c.benchmark_group(*name);
+        group.sample_size(30);
+        for &be in &backends {
+            let open = |compile| {
+                Guard::open(
+                    &m,
+                    &GuardOptions {
+                        model_path: Some(model.clone()),
+                        backend: be,
+                        compile,
+                    },
+                )
+                .expect("guard")
+            };
+            let mut fwd = open(None);
+            let mut guard = open(Some(CompileOptions::default()));
+            let be_name = fwd.backend().to_string();
+            group.bench_function(format!("{be_name}/forward"), |b| {
+                b.iter(|| fwd.run_pixels(px.view()).expect("run"))
+            });
+            group.bench_function(format!("{be_name}/guard_frame"), |b| {
+                b.iter(|| {
+                    let out = guard.run_pixels(px.view()).expect("run");
+                    response::analyze(out.response.view(), &cfg)
+                })
+            });
+        }
+        group.finish();
     }
-    group.finish();
+    print_ratios();
+}
+
+const MODELS: &[&str] = &["squeezenet1.1", "mobilenet_v2", "efficientnet_lite0"];
+
+/// Guard frame / forward per model and backend, from this run's criterion medians.
+fn print_ratios() {
+    let root = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let median = |group: &str, bench: &str| -> Option<f64> {
+        let p = root
+            .join("criterion")
+            .join(group)
+            .join(bench)
+            .join("new/estimates.json");
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
+        v["median"]["point_estimate"].as_f64()
+    };
+    println!(
+        "\n{:<20}{:<10}{:>12}{:>14}{:>8}",
+        "model", "backend", "forward ms", "guard ms", "ratio"
+    );
+    for name in MODELS {
+        for be in ["tract", "ort-cpu"] {
+            if let (Some(f), Some(g)) = (
+                median(name, &format!("{be}_forward")),
+                median(name, &format!("{be}_guard_frame")),
+            ) {
+                println!(
+                    "{name:<20}{be:<10}{:>12.2}{:>14.2}{:>7.2}x",
+                    f / 1e6,
+                    g / 1e6,
+                    g / f
+                );
+            }
+        }
+    }
 }
 
 criterion_group!(benches, entropy_bench, guard_bench);

@@ -31,6 +31,12 @@ if ! python3 -c "import onnxruntime" >/dev/null 2>&1; then
   python3 -m pip install -q onnxruntime==1.32.0 2>/dev/null \
     || python3 -m pip install -q --break-system-packages onnxruntime==1.32.0
 fi
+# onnx + onnx-ad: the external gradient reference (tests/reference/onnx_ad_response.py)
+if ! python3 -c "import onnx, onnx_ad" >/dev/null 2>&1; then
+  echo "== installing onnx and onnx-ad (external gradient reference for the tests)"
+  python3 -m pip install -q onnx==1.23.2 onnx-ad==0.3.0 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages onnx==1.23.2 onnx-ad==0.3.0
+fi
 
 if [ "${1:-}" != "--deps" ]; then
   echo "== building advguard (release)"

@@ -138,6 +138,7 @@ impl Linear {
                     mode: Mode::Plain,
                     seed: Seed::Input,
                     input_shape: None,
+                    ..Default::default()
                 }),
             },
         )

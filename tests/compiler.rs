@@ -13,7 +13,7 @@ use advguard::engine::compile::{
 };
 use advguard::engine::{LOGITS, RESPONSE, SEED};
 use advguard::onnx::{
-    self, GraphBuilder, OnnxError, attr_float, attr_int, attr_ints, pb::ModelProto,
+    self, GraphBuilder, OnnxError, attr_float, attr_int, attr_ints, attr_string, pb::ModelProto,
 };
 use onnx_ref::{Ref, T};
 use rand::rngs::StdRng;
@@ -386,7 +386,7 @@ fn check_against_reference(net: &Net, seed_rng: u64, quantise: bool) {
             &CompileOptions {
                 mode,
                 seed: Seed::Input,
-                input_shape: None,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -446,47 +446,171 @@ fn fire_network_with_maxpool_ties_matches_reference() {
     check_against_reference(&net, 12, true);
 }
 
-#[test]
-fn maxpool_ties_on_the_input_are_routed_to_every_maximum() {
-    // Input → overlapping MaxPool 3×3/2 (ceil) directly, on quantised values: many ties.
+/// Input → MaxPool → Flatten, with the MaxPool node (for `onnx_ref::pool_windows`).
+fn maxpool_model(
+    shape: &[usize],
+    attrs: Vec<onnx::pb::AttributeProto>,
+) -> (ModelProto, String, onnx::pb::NodeProto) {
     let mut b = GraphBuilder::new(13);
-    let x = b.input("x", &[1, 2, 9, 8]);
-    let p = b.node(
-        "MaxPool",
-        &[&x],
+    let x = b.input("x", shape);
+    let p = b.node("MaxPool", &[&x], attrs);
+    let node = b.nodes.last().unwrap().clone();
+    let f = b.node("Flatten", &[&p], vec![]);
+    b.output(&f, None);
+    (b.build(), f, node)
+}
+
+/// Plain mode, `Seed::Input` with positive seeds 1, 2, …: the guard's response equals
+/// the reference's, and each window's seed is routed to exactly one position (the
+/// response sums to the seeds' sum). Returns the reference gradient and the seeds.
+fn check_maxpool_routing(
+    model: &ModelProto,
+    f: &str,
+    shape: &[usize],
+    xv: &[f32],
+) -> (T, Vec<f32>) {
+    let guard = compile(
+        model,
+        &CompileOptions {
+            mode: Mode::Plain,
+            seed: Seed::Input,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let rf = Ref::new(model);
+    let vals = rf.forward("x", &T::from_f32(shape, xv));
+    let k = vals[f].data.len();
+    let seed: Vec<f32> = (0..k).map(|i| 1.0 + i as f32).collect();
+    let want = rf.backward(&vals, "x", f, T::from_f32(&[1, k], &seed), false);
+    let seed_sum: f64 = seed.iter().map(|&v| v as f64).sum();
+    let want_sum: f64 = want.data.iter().map(|v| v.abs()).sum();
+    assert!(
+        (want_sum - seed_sum).abs() < 1e-9 * seed_sum,
+        "reference: routed weight {want_sum} vs seeds {seed_sum}"
+    );
+    let (_, resp) = guard_response(&guard, xv, shape, Some(&seed));
+    let resp_sum: f64 = resp.iter().map(|v| v.abs() as f64).sum();
+    assert!(
+        (resp_sum - seed_sum).abs() < 1e-6 * seed_sum,
+        "guard: routed weight {resp_sum} vs seeds {seed_sum} (one position per window expected)"
+    );
+    let e = rel_err(&resp, &want.data);
+    assert!(e < 1e-6, "relative error {e}");
+    (want, seed)
+}
+
+fn window_max(xv: &[f32], w: &[usize]) -> f32 {
+    w.iter().map(|&q| xv[q]).fold(f32::NEG_INFINITY, f32::max)
+}
+
+#[test]
+fn maxpool_ties_on_the_input_go_to_the_first_maximum() {
+    // Input → overlapping MaxPool 3×3/2 (ceil) directly, on quantised values: many ties.
+    let shape = [1, 2, 9, 8];
+    let (model, f, node) = maxpool_model(
+        &shape,
         vec![
             attr_ints("kernel_shape", &[3, 3]),
             attr_ints("strides", &[2, 2]),
             attr_int("ceil_mode", 1),
         ],
     );
-    let f = b.node("Flatten", &[&p], vec![]);
-    b.output(&f, None);
-    let model = b.build();
     let mut rng = StdRng::seed_from_u64(5);
     let xv: Vec<f32> = (0..144).map(|_| rng.random_range(0..3) as f32).collect();
-    let guard = compile(
-        &model,
-        &CompileOptions {
-            mode: Mode::Plain,
-            seed: Seed::Input,
-            input_shape: None,
-        },
-    )
-    .unwrap();
-    let rf = Ref::new(&model);
-    let xin = T::from_f32(&[1, 2, 9, 8], &xv);
-    let vals = rf.forward("x", &xin);
-    let k = vals[&f].data.len();
-    let seed: Vec<f32> = (0..k).map(|i| 1.0 + i as f32).collect();
-    let (_, resp) = guard_response(&guard, &xv, &[1, 2, 9, 8], Some(&seed));
-    let want = rf.backward(&vals, "x", &f, T::from_f32(&[1, k], &seed), false);
-    let ties = want.data.iter().filter(|&&v| v != 0.0).count();
+    let windows = onnx_ref::pool_windows(&node, &shape);
+    let tied = windows
+        .iter()
+        .filter(|w| {
+            let m = window_max(&xv, w);
+            w.iter().filter(|&&q| xv[q] == m).count() > 1
+        })
+        .count();
     assert!(
-        ties > k,
-        "the test needs tied maxima ({ties} routed positions, {k} windows)"
+        tied * 2 > windows.len(),
+        "the test needs tied maxima ({tied} of {} windows tied)",
+        windows.len()
     );
-    assert!(rel_err(&resp, &want.data) < 1e-6);
+    check_maxpool_routing(&model, &f, &shape, &xv);
+}
+
+#[test]
+fn maxpool_constant_regions_go_to_the_first_maximum() {
+    // Channel 0 constant and negative (every window fully tied; a zero padding would
+    // win), channel 1 constant 3×3 blocks of -0.5 / 1.5.
+    let cases: Vec<(&str, [usize; 4], Vec<onnx::pb::AttributeProto>)> = vec![
+        (
+            "3x3/2 ceil",
+            [1, 2, 9, 8],
+            vec![
+                attr_ints("kernel_shape", &[3, 3]),
+                attr_ints("strides", &[2, 2]),
+                attr_int("ceil_mode", 1),
+            ],
+        ),
+        (
+            "3x3/2 pads 1",
+            [1, 2, 8, 8],
+            vec![
+                attr_ints("kernel_shape", &[3, 3]),
+                attr_ints("strides", &[2, 2]),
+                attr_ints("pads", &[1, 1, 1, 1]),
+            ],
+        ),
+        (
+            "3x3/2 pads 1 ceil",
+            [1, 2, 8, 9],
+            vec![
+                attr_ints("kernel_shape", &[3, 3]),
+                attr_ints("strides", &[2, 2]),
+                attr_ints("pads", &[1, 1, 1, 1]),
+                attr_int("ceil_mode", 1),
+            ],
+        ),
+        (
+            "2x2/1 dilation 2",
+            [1, 2, 7, 7],
+            vec![
+                attr_ints("kernel_shape", &[2, 2]),
+                attr_ints("dilations", &[2, 2]),
+            ],
+        ),
+    ];
+    for (name, shape, attrs) in cases {
+        let (model, f, node) = maxpool_model(&shape, attrs);
+        let (h, w) = (shape[2], shape[3]);
+        let xv: Vec<f32> = (0..2 * h * w)
+            .map(|i| {
+                let (c, r, q) = (i / (h * w), (i / w) % h, i % w);
+                if c == 0 {
+                    -1.5
+                } else if (r / 3 + q / 3) % 2 == 0 {
+                    -0.5
+                } else {
+                    1.5
+                }
+            })
+            .collect();
+        let (want, seed) = check_maxpool_routing(&model, &f, &shape, &xv);
+        // Directly from the rule: on the constant channel, window k's seed goes to its
+        // first in-bounds cell.
+        let windows = onnx_ref::pool_windows(&node, &shape);
+        let mut expect = vec![0f64; h * w];
+        for (k, win) in windows.iter().enumerate() {
+            if win[0] < h * w {
+                expect[win[0]] += seed[k] as f64;
+            }
+        }
+        assert_eq!(
+            &want.data[..h * w],
+            &expect[..],
+            "{name}: reference, channel 0"
+        );
+        eprintln!(
+            "{name}: {} windows, all tied on channel 0",
+            windows.len() / 2
+        );
+    }
 }
 
 #[test]
@@ -520,7 +644,7 @@ fn top1_and_class_seeds_match_reference() {
             &CompileOptions {
                 mode: Mode::Plain,
                 seed,
-                input_shape: None,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -552,7 +676,7 @@ fn check_finite_differences(net: &Net, seed_rng: u64) {
         &CompileOptions {
             mode: Mode::Plain,
             seed: Seed::Input,
-            input_shape: None,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -720,15 +844,1232 @@ fn mode_and_seed_parse() {
     }
 }
 
+// ---------------------------------------------------------------- detector ops
+
+/// Detector-like network: Conv → HardSwish the exporters' way (x·Clip(x+3, 0, 6)/6),
+/// depthwise stride-2 Conv, LeakyRelu, squeeze-excite (GlobalAveragePool → 1×1 Conv →
+/// Relu → 1×1 Conv → HardSigmoid → Mul with the feature map), Split into halves, Add,
+/// Concat, Slice, Resize ×2 linear/asymmetric, Concat of skip + upsampled, Resize ×2
+/// nearest/floor/asymmetric, 1×1 head Conv, Sigmoid, Flatten. Returns the net and the
+/// Sigmoid output.
+fn net_detector(rng: &mut StdRng) -> (Net, String) {
+    let mut b = GraphBuilder::new(13);
+    let x = b.input("image", &[1, 3, 16, 16]);
+    // Large first weights, so the HardSwish sees both of its flat parts.
+    let w = rand_vec(rng, 8 * 27, 6.0 * (3.0f32 / 27.0).sqrt());
+    let w = b.init_f32("w", &[8, 3, 3, 3], w);
+    let bb = conv_b(&mut b, rng, 8);
+    let c1 = b.node(
+        "Conv",
+        &[&x, &w, &bb],
+        vec![attr_ints("pads", &[1, 1, 1, 1])],
+    );
+    let three = b.scalar_f32("three", 3.0);
+    let zero = b.scalar_f32("zero", 0.0);
+    let six = b.scalar_f32("six", 6.0);
+    let t = b.node("Add", &[&c1, &three], vec![]);
+    let t = b.node("Clip", &[&t, &zero, &six], vec![]);
+    let m = b.node("Mul", &[&c1, &t], vec![]);
+    let h1 = b.node("Div", &[&m, &six], vec![]);
+    let w = conv_w(&mut b, rng, 8, 1, 3);
+    let d = b.node(
+        "Conv",
+        &[&h1, &w],
+        vec![
+            attr_int("group", 8),
+            attr_ints("strides", &[2, 2]),
+            attr_ints("pads", &[1, 1, 1, 1]),
+        ],
+    );
+    let l = b.node("LeakyRelu", &[&d], vec![attr_float("alpha", 0.1)]);
+    // Squeeze-excite.
+    let g = b.node("GlobalAveragePool", &[&l], vec![]);
+    let w = conv_w(&mut b, rng, 4, 8, 1);
+    let bb = conv_b(&mut b, rng, 4);
+    let s = b.node("Conv", &[&g, &w, &bb], vec![]);
+    let s = b.node("Relu", &[&s], vec![]);
+    let w = rand_vec(rng, 8 * 4, 3.0 * (3.0f32 / 4.0).sqrt());
+    let w = b.init_f32("w", &[8, 4, 1, 1], w);
+    let bb = conv_b(&mut b, rng, 8);
+    let s = b.node("Conv", &[&s, &w, &bb], vec![]);
+    let s = b.node(
+        "HardSigmoid",
+        &[&s],
+        vec![attr_float("alpha", 1.0 / 6.0), attr_float("beta", 0.5)],
+    );
+    let se = b.node("Mul", &[&l, &s], vec![]);
+    let w = conv_w(&mut b, rng, 8, 8, 1);
+    let bb = conv_b(&mut b, rng, 8);
+    let p = b.node("Conv", &[&se, &w, &bb], vec![]);
+    let split = b.init_i64("split", &[2], vec![4, 4]);
+    let halves = b.node_n("Split", &[&p, &split], 2, vec![attr_int("axis", 1)]);
+    let q = b.node("Add", &[&halves[0], &halves[1]], vec![]);
+    let r = b.node("Concat", &[&q, &halves[1]], vec![attr_int("axis", 1)]);
+    let st = b.init_i64("starts", &[1], vec![1]);
+    let en = b.init_i64("ends", &[1], vec![7]);
+    let ax = b.init_i64("axes", &[1], vec![1]);
+    let sl = b.node("Slice", &[&r, &st, &en, &ax], vec![]);
+    let scales = b.init_f32("scales", &[4], vec![1.0, 1.0, 2.0, 2.0]);
+    let u1 = b.node(
+        "Resize",
+        &[&sl, "", &scales],
+        vec![
+            attr_string("mode", "linear"),
+            attr_string("coordinate_transformation_mode", "asymmetric"),
+        ],
+    );
+    let cat = b.node("Concat", &[&h1, &u1], vec![attr_int("axis", 1)]);
+    let w = conv_w(&mut b, rng, 6, 14, 3);
+    let bb = conv_b(&mut b, rng, 6);
+    let e = b.node(
+        "Conv",
+        &[&cat, &w, &bb],
+        vec![
+            attr_ints("strides", &[2, 2]),
+            attr_ints("pads", &[1, 1, 1, 1]),
+        ],
+    );
+    let e = b.node("Relu", &[&e], vec![]);
+    let u2 = b.node(
+        "Resize",
+        &[&e, "", &scales],
+        vec![
+            attr_string("mode", "nearest"),
+            attr_string("coordinate_transformation_mode", "asymmetric"),
+            attr_string("nearest_mode", "floor"),
+        ],
+    );
+    let w = conv_w(&mut b, rng, 3, 6, 1);
+    let bb = conv_b(&mut b, rng, 3);
+    let hc = b.node("Conv", &[&u2, &w, &bb], vec![]);
+    let sig = b.node("Sigmoid", &[&hc], vec![]);
+    let f = b.node("Flatten", &[&sig], vec![]);
+    b.output(&f, Some(&[1, 768]));
+    let net = Net {
+        model: b.build(),
+        input: vec![1, 3, 16, 16],
+        last_conv: hc,
+    };
+    (net, sig)
+}
+
+/// Classifier with the native ops (opset 14): HardSwish, depthwise stride-2 Conv,
+/// LeakyRelu, HardSigmoid (alpha 0.25, beta 0.4) gating its own input's producer, a
+/// last Conv followed by HardSwish, GlobalAveragePool, Gemm, Softmax. No Relu or Clip.
+fn net_hard_native(rng: &mut StdRng) -> Net {
+    let mut b = GraphBuilder::new(14);
+    let x = b.input("x", &[1, 3, 12, 12]);
+    let w = rand_vec(rng, 8 * 27, 6.0 * (3.0f32 / 27.0).sqrt());
+    let w = b.init_f32("w", &[8, 3, 3, 3], w);
+    let bb = conv_b(&mut b, rng, 8);
+    let c1 = b.node(
+        "Conv",
+        &[&x, &w, &bb],
+        vec![attr_ints("pads", &[1, 1, 1, 1])],
+    );
+    let h = b.node("HardSwish", &[&c1], vec![]);
+    let w = conv_w(&mut b, rng, 8, 1, 3);
+    let d = b.node(
+        "Conv",
+        &[&h, &w],
+        vec![
+            attr_int("group", 8),
+            attr_ints("strides", &[2, 2]),
+            attr_ints("pads", &[1, 1, 1, 1]),
+        ],
+    );
+    let l = b.node("LeakyRelu", &[&d], vec![attr_float("alpha", 0.2)]);
+    let w = rand_vec(rng, 64, 3.0 * (3.0f32 / 8.0).sqrt());
+    let w = b.init_f32("w", &[8, 8, 1, 1], w);
+    let gate = b.node("Conv", &[&l, &w], vec![]);
+    let gate = b.node(
+        "HardSigmoid",
+        &[&gate],
+        vec![attr_float("alpha", 0.25), attr_float("beta", 0.4)],
+    );
+    let m = b.node("Mul", &[&gate, &l], vec![]);
+    let w = conv_w(&mut b, rng, 6, 8, 3);
+    let bb = conv_b(&mut b, rng, 6);
+    let last = b.node(
+        "Conv",
+        &[&m, &w, &bb],
+        vec![attr_ints("pads", &[1, 1, 1, 1])],
+    );
+    let h2 = b.node("HardSwish", &[&last], vec![]);
+    let gp = b.node("GlobalAveragePool", &[&h2], vec![]);
+    let f = b.node("Flatten", &[&gp], vec![]);
+    Net {
+        model: finish_gemm(b, rng, &f, &[1, 6]),
+        input: vec![1, 3, 12, 12],
+        last_conv: last,
+    }
+}
+
+/// Panics unless the model has a node of every one of these op types.
+fn assert_has_ops(m: &ModelProto, ops: &[&str]) {
+    let g = m.graph.as_ref().unwrap();
+    for op in ops {
+        assert!(
+            g.node.iter().any(|n| n.op_type == *op),
+            "the net has no {op}; test is void"
+        );
+    }
+}
+
+const DETECTOR_OPS: &[&str] = &[
+    "Conv",
+    "Add",
+    "Clip",
+    "Mul",
+    "Div",
+    "LeakyRelu",
+    "GlobalAveragePool",
+    "Relu",
+    "HardSigmoid",
+    "Split",
+    "Concat",
+    "Slice",
+    "Resize",
+    "Sigmoid",
+];
+
+/// One small model per op configuration: `x` → … → Flatten (so `Seed::Input` works).
+struct OpCase {
+    group: &'static str,
+    name: String,
+    model: ModelProto,
+    input: Vec<usize>,
+    /// Inputs are uniform in ±scale.
+    scale: f32,
+    op: &'static str,
+}
+
+fn op_case(
+    group: &'static str,
+    name: &str,
+    op: &'static str,
+    opset: i64,
+    input: &[usize],
+    scale: f32,
+    build: impl FnOnce(&mut GraphBuilder, &str) -> String,
+) -> OpCase {
+    let mut b = GraphBuilder::new(opset);
+    let x = b.input("x", input);
+    let y = build(&mut b, &x);
+    let f = b.node("Flatten", &[&y], vec![]);
+    b.output(&f, None);
+    OpCase {
+        group,
+        name: name.to_string(),
+        model: b.build(),
+        input: input.to_vec(),
+        scale,
+        op,
+    }
+}
+
+fn resize_case(
+    name: &str,
+    input: &[usize],
+    scales: Option<[f32; 4]>,
+    sizes: Option<[i64; 4]>,
+    attrs: Vec<(&'static str, &'static str)>,
+) -> OpCase {
+    op_case("resize", name, "Resize", 13, input, 1.0, |b, x| {
+        let attrs = attrs.iter().map(|(k, v)| attr_string(k, v)).collect();
+        match (scales, sizes) {
+            (Some(s), _) => {
+                let s = b.init_f32("scales", &[4], s.to_vec());
+                b.node("Resize", &[x, "", &s], attrs)
+            }
+            (None, Some(z)) => {
+                let z = b.init_i64("sizes", &[4], z.to_vec());
+                b.node("Resize", &[x, "", "", &z], attrs)
+            }
+            _ => unreachable!(),
+        }
+    })
+}
+
+fn slice_case(
+    name: &str,
+    input: &[usize],
+    starts: &[i64],
+    ends: &[i64],
+    axes: Option<&[i64]>,
+    steps: Option<&[i64]>,
+) -> OpCase {
+    let (starts, ends) = (starts.to_vec(), ends.to_vec());
+    let (axes, steps) = (axes.map(|a| a.to_vec()), steps.map(|a| a.to_vec()));
+    op_case("slice", name, "Slice", 13, input, 1.0, move |b, x| {
+        let k = starts.len();
+        let s = b.init_i64("starts", &[k], starts);
+        let e = b.init_i64("ends", &[k], ends);
+        let a = axes.map(|a| b.init_i64("axes", &[k], a));
+        let st = steps.map(|v| b.init_i64("steps", &[k], v));
+        let a = a.unwrap_or_default();
+        match st {
+            Some(st) => b.node("Slice", &[x, &s, &e, &a, &st], vec![]),
+            None if a.is_empty() => b.node("Slice", &[x, &s, &e], vec![]),
+            None => b.node("Slice", &[x, &s, &e, &a], vec![]),
+        }
+    })
+}
+
+/// Every op configuration the reference interpreter gained for detectors.
+fn op_cases() -> Vec<OpCase> {
+    let mut rng = StdRng::seed_from_u64(40);
+    let mut v = vec![];
+    let shape = [1, 3, 5, 4];
+    let unary = |name: &str, op: &'static str, opset, attrs: Vec<onnx::pb::AttributeProto>| {
+        op_case("activation", name, op, opset, &shape, 4.0, move |b, x| {
+            b.node(op, &[x], attrs)
+        })
+    };
+    v.push(unary("Sigmoid", "Sigmoid", 13, vec![]));
+    v.push(unary("LeakyRelu default", "LeakyRelu", 13, vec![]));
+    v.push(unary(
+        "LeakyRelu 0.2",
+        "LeakyRelu",
+        13,
+        vec![attr_float("alpha", 0.2)],
+    ));
+    v.push(unary("HardSigmoid default", "HardSigmoid", 13, vec![]));
+    v.push(unary(
+        "HardSigmoid 1/6, 1/2",
+        "HardSigmoid",
+        13,
+        vec![attr_float("alpha", 1.0 / 6.0), attr_float("beta", 0.5)],
+    ));
+    v.push(unary("HardSwish", "HardSwish", 14, vec![]));
+    v.push(op_case(
+        "activation",
+        "HardSwish as x·Clip(x+3,0,6)/6",
+        "Clip",
+        13,
+        &shape,
+        4.0,
+        |b, x| {
+            let three = b.scalar_f32("three", 3.0);
+            let zero = b.scalar_f32("zero", 0.0);
+            let six = b.scalar_f32("six", 6.0);
+            let t = b.node("Add", &[x, &three], vec![]);
+            let t = b.node("Clip", &[&t, &zero, &six], vec![]);
+            let m = b.node("Mul", &[x, &t], vec![]);
+            b.node("Div", &[&m, &six], vec![])
+        },
+    ));
+    // Products and quotients of two input-dependent tensors.
+    v.push(op_case(
+        "product",
+        "x·Sigmoid(x)",
+        "Mul",
+        13,
+        &shape,
+        3.0,
+        |b, x| {
+            let s = b.node("Sigmoid", &[x], vec![]);
+            b.node("Mul", &[x, &s], vec![])
+        },
+    ));
+    v.push(op_case(
+        "product",
+        "x·x",
+        "Mul",
+        13,
+        &shape,
+        2.0,
+        |b, x| b.node("Mul", &[x, x], vec![]),
+    ));
+    v.push(op_case(
+        "product",
+        "x/(1+x²)",
+        "Div",
+        13,
+        &shape,
+        2.0,
+        |b, x| {
+            let one = b.scalar_f32("one", 1.0);
+            let sq = b.node("Mul", &[x, x], vec![]);
+            let den = b.node("Add", &[&sq, &one], vec![]);
+            b.node("Div", &[x, &den], vec![])
+        },
+    ));
+    for (name, gate_first) in [("squeeze-excite a·s", false), ("squeeze-excite s·a", true)] {
+        let se_shape = [1, 4, 5, 5];
+        let mut r = StdRng::seed_from_u64(rng.random());
+        v.push(op_case(
+            "product",
+            name,
+            "GlobalAveragePool",
+            13,
+            &se_shape,
+            1.0,
+            move |b, x| {
+                let w = conv_w(b, &mut r, 6, 4, 3);
+                let a = b.node("Conv", &[x, &w], vec![attr_ints("pads", &[1, 1, 1, 1])]);
+                let g = b.node("GlobalAveragePool", &[&a], vec![]);
+                let w = conv_w(b, &mut r, 3, 6, 1);
+                let bb = conv_b(b, &mut r, 3);
+                let s = b.node("Conv", &[&g, &w, &bb], vec![]);
+                let s = b.node("Relu", &[&s], vec![]);
+                let w = conv_w(b, &mut r, 6, 3, 1);
+                let bb = conv_b(b, &mut r, 6);
+                let s = b.node("Conv", &[&s, &w, &bb], vec![]);
+                let s = if gate_first {
+                    b.node("Sigmoid", &[&s], vec![])
+                } else {
+                    b.node("HardSigmoid", &[&s], vec![])
+                };
+                if gate_first {
+                    b.node("Mul", &[&s, &a], vec![])
+                } else {
+                    b.node("Mul", &[&a, &s], vec![])
+                }
+            },
+        ));
+    }
+    // Split.
+    v.push(op_case(
+        "split",
+        "split input [2,4] axis 1",
+        "Split",
+        13,
+        &[1, 6, 4, 5],
+        2.0,
+        |b, x| {
+            let sp = b.init_i64("split", &[2], vec![2, 4]);
+            let o = b.node_n("Split", &[x, &sp], 2, vec![attr_int("axis", 1)]);
+            let s = b.node("Sigmoid", &[&o[0]], vec![]);
+            b.node("Concat", &[&o[1], &s], vec![attr_int("axis", 1)])
+        },
+    ));
+    v.push(op_case(
+        "split",
+        "equal thirds axis -1, middle unused",
+        "Split",
+        13,
+        &[1, 2, 3, 6],
+        2.0,
+        |b, x| {
+            let o = b.node_n("Split", &[x], 3, vec![attr_int("axis", -1)]);
+            let s = b.node("Sigmoid", &[&o[2]], vec![]);
+            b.node("Add", &[&o[0], &s], vec![])
+        },
+    ));
+    v.push(op_case(
+        "split",
+        "halves, one used twice",
+        "Split",
+        13,
+        &[1, 4, 3, 3],
+        2.0,
+        |b, x| {
+            let o = b.node_n("Split", &[x], 2, vec![attr_int("axis", 1)]);
+            let m = b.node("Mul", &[&o[0], &o[1]], vec![]);
+            b.node("Add", &[&m, &o[1]], vec![])
+        },
+    ));
+    // Slice.
+    let s4 = [1, 3, 7, 8];
+    v.push(slice_case(
+        "ends past the end, negative starts",
+        &s4,
+        &[1, -6],
+        &[100, -1],
+        Some(&[2, 3]),
+        None,
+    ));
+    v.push(slice_case(
+        "flip: step -1 from -1 to INT64_MIN",
+        &s4,
+        &[-1],
+        &[i64::MIN],
+        Some(&[2]),
+        Some(&[-1]),
+    ));
+    v.push(slice_case(
+        "negative step to INT64_MIN",
+        &s4,
+        &[-1],
+        &[i64::MIN],
+        Some(&[-1]),
+        Some(&[-2]),
+    ));
+    v.push(slice_case(
+        "all axes implicit, mixed steps",
+        &s4,
+        &[0, 1, 5, 6],
+        &[1, 3, 0, -100],
+        None,
+        Some(&[1, 1, -2, -3]),
+    ));
+    v.push(slice_case(
+        "clamped both ends, step 2",
+        &s4,
+        &[-100],
+        &[100],
+        Some(&[1]),
+        Some(&[2]),
+    ));
+    v.push(slice_case(
+        "start past the end, negative step",
+        &s4,
+        &[100, 2],
+        &[0, 6],
+        Some(&[2, 3]),
+        Some(&[-3, 1]),
+    ));
+    // Resize.
+    let r4 = [1, 2, 3, 4];
+    let x2 = Some([1.0, 1.0, 2.0, 2.0]);
+    v.push(resize_case(
+        "nearest floor asymmetric ×2",
+        &r4,
+        x2,
+        None,
+        vec![
+            ("mode", "nearest"),
+            ("coordinate_transformation_mode", "asymmetric"),
+            ("nearest_mode", "floor"),
+        ],
+    ));
+    v.push(resize_case(
+        "nearest round_prefer_floor half_pixel ×2",
+        &r4,
+        x2,
+        None,
+        vec![
+            ("mode", "nearest"),
+            ("coordinate_transformation_mode", "half_pixel"),
+            ("nearest_mode", "round_prefer_floor"),
+        ],
+    ));
+    v.push(resize_case(
+        "nearest round_prefer_floor asymmetric ×3,×2",
+        &r4,
+        Some([1.0, 1.0, 3.0, 2.0]),
+        None,
+        vec![
+            ("mode", "nearest"),
+            ("coordinate_transformation_mode", "asymmetric"),
+            ("nearest_mode", "round_prefer_floor"),
+        ],
+    ));
+    v.push(resize_case("nearest defaults ×2", &r4, x2, None, vec![]));
+    v.push(resize_case(
+        "nearest round_prefer_floor half_pixel sizes",
+        &r4,
+        None,
+        Some([1, 2, 6, 8]),
+        vec![("mode", "nearest"), ("nearest_mode", "round_prefer_floor")],
+    ));
+    v.push(resize_case(
+        "linear asymmetric ×2",
+        &r4,
+        x2,
+        None,
+        vec![
+            ("mode", "linear"),
+            ("coordinate_transformation_mode", "asymmetric"),
+        ],
+    ));
+    v.push(resize_case(
+        "linear half_pixel ×2",
+        &r4,
+        x2,
+        None,
+        vec![
+            ("mode", "linear"),
+            ("coordinate_transformation_mode", "half_pixel"),
+        ],
+    ));
+    v.push(resize_case(
+        "linear half_pixel sizes 5×7",
+        &r4,
+        None,
+        Some([1, 2, 5, 7]),
+        vec![
+            ("mode", "linear"),
+            ("coordinate_transformation_mode", "half_pixel"),
+        ],
+    ));
+    v.push(resize_case(
+        "linear asymmetric sizes 6×8",
+        &r4,
+        None,
+        Some([1, 2, 6, 8]),
+        vec![
+            ("mode", "linear"),
+            ("coordinate_transformation_mode", "asymmetric"),
+        ],
+    ));
+    v
+}
+
+fn rand_input(rng: &mut StdRng, shape: &[usize], scale: f32) -> Vec<f32> {
+    rand_vec(rng, shape.iter().product(), scale)
+}
+
+/// Both modes, `Seed::Input`: logits and response equal the reference's.
+fn check_case_against_reference(c: &OpCase, seed_rng: u64) {
+    assert_has_ops(&c.model, &[c.op]);
+    let mut rng = StdRng::seed_from_u64(seed_rng);
+    let x = rand_input(&mut rng, &c.input, c.scale);
+    let rf = Ref::new(&c.model);
+    let vals = rf.forward("x", &T::from_f32(&c.input, &x));
+    let out = pre_softmax(&c.model);
+    let k = vals[&out].data.len();
+    let seed = rand_vec(&mut rng, k, 1.0);
+    for mode in [Mode::Guided, Mode::Plain] {
+        let guard = compile(
+            &c.model,
+            &CompileOptions {
+                mode,
+                seed: Seed::Input,
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", c.name));
+        let (logits, resp) = guard_response(&guard, &x, &c.input, Some(&seed));
+        let e = rel_err(&logits, &vals[&out].data);
+        assert!(e < 1e-5, "{} {mode}: logits differ ({e})", c.name);
+        let want = rf.backward(
+            &vals,
+            "x",
+            &out,
+            T::from_f32(&[1, k], &seed),
+            mode == Mode::Guided,
+        );
+        assert!(
+            want.data.iter().any(|&v| v != 0.0),
+            "{}: reference response is zero; test is void",
+            c.name
+        );
+        assert!(
+            resp.iter().any(|&v| v != 0.0),
+            "{} {mode}: zero response",
+            c.name
+        );
+        let e = rel_err(&resp, &want.data);
+        assert!(e < 1e-4, "{} {mode}: relative error {e}", c.name);
+    }
+}
+
+fn check_group(group: &str) {
+    let cases: Vec<OpCase> = op_cases()
+        .into_iter()
+        .filter(|c| c.group == group)
+        .collect();
+    assert!(!cases.is_empty());
+    for (i, c) in cases.iter().enumerate() {
+        check_case_against_reference(c, 300 + i as u64);
+    }
+}
+
+#[test]
+fn activation_ops_match_reference() {
+    check_group("activation");
+}
+
+#[test]
+fn products_and_squeeze_excite_match_reference() {
+    check_group("product");
+}
+
+#[test]
+fn split_matches_reference() {
+    check_group("split");
+}
+
+#[test]
+fn slice_matches_reference() {
+    check_group("slice");
+}
+
+#[test]
+fn resize_matches_reference() {
+    check_group("resize");
+}
+
+/// A tensor seed (gradient of ½‖t‖²) in both modes against the reference.
+fn check_tensor_seed_against_reference(net: &Net, t: &str, seed_rng: u64) {
+    let mut rng = StdRng::seed_from_u64(seed_rng);
+    let x = rand_input(&mut rng, &net.input, 1.0);
+    let rf = Ref::new(&net.model);
+    let input = onnx::real_inputs(&net.model)[0].name.clone();
+    let vals = rf.forward(&input, &T::from_f32(&net.input, &x));
+    for mode in [Mode::Guided, Mode::Plain] {
+        let guard = compile(
+            &net.model,
+            &CompileOptions {
+                mode,
+                seed: Seed::Tensor(t.to_string()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let (_, resp) = guard_response(&guard, &x, &net.input, None);
+        let want = rf.backward(&vals, &input, t, vals[t].clone(), mode == Mode::Guided);
+        assert!(
+            want.data.iter().any(|&v| v != 0.0),
+            "reference response is zero; test is void"
+        );
+        assert!(resp.iter().any(|&v| v != 0.0), "{mode}: zero response");
+        let e = rel_err(&resp, &want.data);
+        assert!(e < 1e-4, "{mode} seed=tensor:{t}: relative error {e}");
+    }
+}
+
+/// Plain mode with a tensor seed equals central finite differences of ½‖t(x)‖².
+fn check_finite_differences_tensor(net: &Net, t: &str, seed_rng: u64) {
+    let mut rng = StdRng::seed_from_u64(seed_rng);
+    let n: usize = net.input.iter().product();
+    let x = rand_vec(&mut rng, n, 1.0);
+    let rf = Ref::new(&net.model);
+    let input = onnx::real_inputs(&net.model)[0].name.clone();
+    let guard = compile(
+        &net.model,
+        &CompileOptions {
+            mode: Mode::Plain,
+            seed: Seed::Tensor(t.to_string()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (_, resp) = guard_response(&guard, &x, &net.input, None);
+    assert!(resp.iter().any(|&v| v != 0.0), "zero response");
+    let f = |xs: &[f64]| -> f64 {
+        let v = rf.forward(&input, &T::new(net.input.clone(), xs.to_vec()));
+        0.5 * v[t].data.iter().map(|a| a * a).sum::<f64>()
+    };
+    let h = 1e-5;
+    for _ in 0..4 {
+        let d: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let xp: Vec<f64> = x.iter().zip(&d).map(|(&a, b)| a as f64 + h * b).collect();
+        let xm: Vec<f64> = x.iter().zip(&d).map(|(&a, b)| a as f64 - h * b).collect();
+        let fd = (f(&xp) - f(&xm)) / (2.0 * h);
+        let an: f64 = resp.iter().zip(&d).map(|(&g, b)| g as f64 * b).sum();
+        let gnorm: f64 = resp.iter().map(|&g| (g as f64).powi(2)).sum::<f64>().sqrt();
+        let dnorm: f64 = d.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let err = (fd - an).abs() / (gnorm * dnorm);
+        assert!(
+            err < 1e-3,
+            "finite differences {fd} vs response {an} (relative {err})"
+        );
+    }
+}
+
+#[test]
+fn detector_network_matches_reference() {
+    let mut rng = StdRng::seed_from_u64(41);
+    let (net, sig) = net_detector(&mut rng);
+    assert_has_ops(&net.model, DETECTOR_OPS);
+    check_against_reference(&net, 42, false);
+    check_tensor_seed_against_reference(&net, &sig, 43);
+}
+
+#[test]
+fn detector_plain_mode_equals_finite_differences() {
+    let mut rng = StdRng::seed_from_u64(44);
+    let (net, sig) = net_detector(&mut rng);
+    assert_has_ops(&net.model, DETECTOR_OPS);
+    check_finite_differences(&net, 45);
+    check_finite_differences_tensor(&net, &sig, 46);
+}
+
+#[test]
+fn native_hard_ops_match_reference_and_finite_differences() {
+    let mut rng = StdRng::seed_from_u64(47);
+    let net = net_hard_native(&mut rng);
+    assert_has_ops(
+        &net.model,
+        &["HardSwish", "HardSigmoid", "LeakyRelu", "Mul"],
+    );
+    check_against_reference(&net, 48, false);
+    check_finite_differences(&net, 49);
+    let h = net.last_conv.clone();
+    check_finite_differences_tensor(&net, &h, 50);
+}
+
+#[test]
+fn guard_ops_stay_tensorrt_safe_on_detector_ops() {
+    let mut rng = StdRng::seed_from_u64(51);
+    let (det, sig) = net_detector(&mut rng);
+    let native = net_hard_native(&mut rng);
+    let mut models = vec![("detector", det.model.clone(), Seed::Tensor(sig))];
+    models.push(("detector", det.model, Seed::Input));
+    models.push(("native", native.model.clone(), Seed::LastConv));
+    models.push(("native", native.model, Seed::Top1));
+    let mut cases: Vec<(String, ModelProto, Seed)> = models
+        .into_iter()
+        .map(|(n, m, s)| (n.to_string(), m, s))
+        .collect();
+    for c in op_cases() {
+        cases.push((c.name, c.model, Seed::Input));
+    }
+    for (name, model, seed) in cases {
+        for mode in [Mode::Guided, Mode::Plain] {
+            let guard = compile(
+                &model,
+                &CompileOptions {
+                    mode,
+                    seed: seed.clone(),
+                    ..Default::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            for n in &guard.graph.as_ref().unwrap().node {
+                assert!(
+                    TENSORRT_SAFE_OPS.contains(&n.op_type.as_str()),
+                    "{name} {mode} {seed}: op {} not TensorRT-safe",
+                    n.op_type
+                );
+                assert!(n.domain.is_empty(), "{name}: custom domain");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the reference itself
+
+/// The reference's own plain backward against central finite differences of its own
+/// forward, for ⟨g, t(x)⟩ with a random g: coordinate-wise for small inputs, along
+/// random directions otherwise. No compiler involved.
+fn ref_finite_differences(model: &ModelProto, shape: &[usize], x: &[f32], t: &str, seed_rng: u64) {
+    let mut rng = StdRng::seed_from_u64(seed_rng);
+    let rf = Ref::new(model);
+    let input = onnx::real_inputs(model)[0].name.clone();
+    let x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    let vals = rf.forward(&input, &T::new(shape.to_vec(), x.clone()));
+    let ts = vals[t].shape.clone();
+    let gs: Vec<f64> = (0..vals[t].data.len())
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let grad = rf.backward(&vals, &input, t, T::new(ts, gs.clone()), false);
+    assert!(
+        grad.data.iter().any(|&v| v != 0.0),
+        "zero gradient; test is void"
+    );
+    let f = |xs: &[f64]| -> f64 {
+        let v = rf.forward(&input, &T::new(shape.to_vec(), xs.to_vec()));
+        v[t].data.iter().zip(&gs).map(|(a, b)| a * b).sum()
+    };
+    let h = 1e-5;
+    let gnorm = grad.data.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let n = x.len();
+    if n <= 400 {
+        for i in 0..n {
+            let (mut xp, mut xm) = (x.clone(), x.clone());
+            xp[i] += h;
+            xm[i] -= h;
+            let fd = (f(&xp) - f(&xm)) / (2.0 * h);
+            let err = (fd - grad.data[i]).abs() / gnorm;
+            assert!(
+                err < 1e-7,
+                "element {i}: finite differences {fd} vs backward {} ({err})",
+                grad.data[i]
+            );
+        }
+    } else {
+        for _ in 0..6 {
+            let d: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let xp: Vec<f64> = x.iter().zip(&d).map(|(a, b)| a + h * b).collect();
+            let xm: Vec<f64> = x.iter().zip(&d).map(|(a, b)| a - h * b).collect();
+            let fd = (f(&xp) - f(&xm)) / (2.0 * h);
+            let an: f64 = grad.data.iter().zip(&d).map(|(g, b)| g * b).sum();
+            let dnorm = d.iter().map(|v| v * v).sum::<f64>().sqrt();
+            let err = (fd - an).abs() / (gnorm * dnorm);
+            assert!(
+                err < 1e-7,
+                "finite differences {fd} vs backward {an} ({err})"
+            );
+        }
+    }
+}
+
+#[test]
+fn reference_new_ops_backward_matches_finite_differences() {
+    let mut rng = StdRng::seed_from_u64(60);
+    for c in op_cases() {
+        assert_has_ops(&c.model, &[c.op]);
+        let x = rand_input(&mut rng, &c.input, c.scale);
+        let out = pre_softmax(&c.model);
+        eprintln!("{}", c.name);
+        ref_finite_differences(&c.model, &c.input, &x, &out, rng.random());
+    }
+}
+
+#[test]
+fn reference_nets_backward_matches_finite_differences() {
+    let mut rng = StdRng::seed_from_u64(61);
+    let (det, sig) = net_detector(&mut rng);
+    let native = net_hard_native(&mut rng);
+    let nets = [
+        (det, vec![sig]),
+        (native, vec![]),
+        (net_fire(&mut rng), vec![]),
+        (net_mobile(&mut rng), vec![]),
+        (net_strided(&mut rng), vec![]),
+    ];
+    for (net, extra) in nets {
+        let x = rand_input(&mut rng, &net.input, 1.0);
+        let mut seeds = vec![pre_softmax(&net.model), net.last_conv.clone()];
+        seeds.extend(extra);
+        for t in seeds {
+            ref_finite_differences(&net.model, &net.input, &x, &t, rng.random());
+        }
+    }
+}
+
+/// Reference forward against tract on the original model's first output.
+fn ref_forward_matches_tract(name: &str, model: &ModelProto, shape: &[usize], x: &[f32]) {
+    let rf = Ref::new(model);
+    let input = onnx::real_inputs(model)[0].name.clone();
+    let vals = rf.forward(&input, &T::from_f32(shape, x));
+    let out_name = &model.graph.as_ref().unwrap().output[0].name;
+    let got = run(&runnable(model), vec![(shape.to_vec(), x.to_vec())]);
+    let want = &vals[out_name];
+    assert_eq!(got[0].1.len(), want.data.len(), "{name}: output size");
+    let e = rel_err(&got[0].1, &want.data);
+    assert!(e < 1e-5, "{name}: tract and the reference differ ({e})");
+}
+
+#[test]
+fn reference_forward_matches_tract_on_new_ops() {
+    let mut rng = StdRng::seed_from_u64(62);
+    for c in op_cases() {
+        let x = rand_input(&mut rng, &c.input, c.scale);
+        ref_forward_matches_tract(&c.name, &c.model, &c.input, &x);
+    }
+    let (det, _) = net_detector(&mut rng);
+    let native = net_hard_native(&mut rng);
+    for (name, net) in [("detector", det), ("native", native)] {
+        let x = rand_input(&mut rng, &net.input, 1.0);
+        ref_forward_matches_tract(name, &net.model, &net.input, &x);
+    }
+}
+
+/// A one-node model x → op on a fixed input, through the reference.
+fn ref_one(
+    op: &str,
+    x: T,
+    extra: Vec<(&str, T)>,
+    attrs: Vec<onnx::pb::AttributeProto>,
+    n_out: usize,
+) -> Vec<T> {
+    let mut b = GraphBuilder::new(13);
+    let xi = b.input("x", &x.shape);
+    let mut ins = vec![xi];
+    for (name, t) in &extra {
+        if name.is_empty() {
+            ins.push(String::new());
+        } else if name.starts_with('i') {
+            let v = t.data.iter().map(|&v| v as i64).collect();
+            ins.push(b.init_i64(name, &t.shape, v));
+        } else {
+            let v = t.data.iter().map(|&v| v as f32).collect();
+            ins.push(b.init_f32(name, &t.shape, v));
+        }
+    }
+    let refs: Vec<&str> = ins.iter().map(|s| s.as_str()).collect();
+    let outs = b.node_n(op, &refs, n_out, attrs);
+    let rf = Ref::new(&b.build());
+    let vals = rf.forward("x", &x);
+    outs.iter().map(|o| vals[o].clone()).collect()
+}
+
+fn t1(v: &[f64]) -> T {
+    T::new(vec![1, 1, 1, v.len()], v.to_vec())
+}
+
+#[test]
+fn reference_small_cases_by_hand() {
+    let scales = ("scales", T::new(vec![4], vec![1.0, 1.0, 1.0, 2.0]));
+    let rs = |mode: &str, ctm: &str, nm: &str| {
+        vec![
+            attr_string("mode", mode),
+            attr_string("coordinate_transformation_mode", ctm),
+            attr_string("nearest_mode", nm),
+        ]
+    };
+    let resize = |x: &[f64], a| {
+        ref_one(
+            "Resize",
+            t1(x),
+            vec![("", T::zeros(&[0])), scales.clone()],
+            a,
+            1,
+        )[0]
+        .data
+        .clone()
+    };
+    // nearest floor asymmetric ×2: c = i/2.
+    assert_eq!(
+        resize(&[1.0, 2.0, 3.0], rs("nearest", "asymmetric", "floor")),
+        [1.0, 1.0, 2.0, 2.0, 3.0, 3.0]
+    );
+    // nearest round_prefer_floor half_pixel ×2: c = -0.25, 0.25, 0.75, 1.25 → 0, 0, 1, 1.
+    assert_eq!(
+        resize(
+            &[1.0, 2.0],
+            rs("nearest", "half_pixel", "round_prefer_floor")
+        ),
+        [1.0, 1.0, 2.0, 2.0]
+    );
+    // linear asymmetric ×2: c = 0, 0.5, 1, 1.5 → 0, 0.5, 1, 1 (edge).
+    assert_eq!(
+        resize(&[0.0, 1.0], rs("linear", "asymmetric", "floor")),
+        [0.0, 0.5, 1.0, 1.0]
+    );
+    // linear half_pixel ×2: c = -0.25, 0.25, 0.75, 1.25 → 0, 0.25, 0.75, 1.
+    assert_eq!(
+        resize(&[0.0, 1.0], rs("linear", "half_pixel", "floor")),
+        [0.0, 0.25, 0.75, 1.0]
+    );
+    // nearest round_prefer_floor asymmetric ×3 (scales 3): c = 0, ⅓, ⅔, 1, 4/3, 5/3.
+    let s3 = ("scales", T::new(vec![4], vec![1.0, 1.0, 1.0, 3.0]));
+    let y = ref_one(
+        "Resize",
+        t1(&[1.0, 2.0]),
+        vec![("", T::zeros(&[0])), s3],
+        rs("nearest", "asymmetric", "round_prefer_floor"),
+        1,
+    );
+    assert_eq!(y[0].data, [1.0, 1.0, 2.0, 2.0, 2.0, 2.0]);
+    // round_prefer_floor at exactly .5: sizes 4 → 8 with asymmetric, c = i/2: 0.5 → 0.
+    let sizes = ("isizes", T::new(vec![4], vec![1.0, 1.0, 1.0, 4.0]));
+    let y = ref_one(
+        "Resize",
+        t1(&[1.0, 2.0]),
+        vec![("", T::zeros(&[0])), ("", T::zeros(&[0])), sizes],
+        rs("nearest", "asymmetric", "round_prefer_floor"),
+        1,
+    );
+    assert_eq!(y[0].data, [1.0, 1.0, 2.0, 2.0]);
+
+    // Slice on 0..8.
+    let x: Vec<f64> = (0..8).map(|v| v as f64).collect();
+    let sl = |s: i64, e: i64, st: i64| {
+        let i = |v: i64| T::new(vec![1], vec![v as f64]);
+        ref_one(
+            "Slice",
+            t1(&x),
+            vec![
+                ("istarts", i(s)),
+                ("iends", i(e)),
+                ("iaxes", i(3)),
+                ("isteps", i(st)),
+            ],
+            vec![],
+            1,
+        )[0]
+        .data
+        .clone()
+    };
+    assert_eq!(sl(1, 100, 3), [1.0, 4.0, 7.0]);
+    assert_eq!(
+        sl(-1, i64::MIN, -1),
+        [7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0]
+    );
+    assert_eq!(sl(100, -100, -3), [7.0, 4.0, 1.0]);
+    assert_eq!(sl(-3, -1, 1), [5.0, 6.0]);
+    assert_eq!(sl(6, 2, -2), [6.0, 4.0]);
+    assert!(sl(5, 5, 1).is_empty());
+
+    // Split on 0..7: sizes input, and equal parts (last one smaller).
+    let x7: Vec<f64> = (0..7).map(|v| v as f64).collect();
+    let y = ref_one(
+        "Split",
+        t1(&x7),
+        vec![("isplit", T::new(vec![2], vec![3.0, 4.0]))],
+        vec![attr_int("axis", 3)],
+        2,
+    );
+    assert_eq!(
+        (y[0].data.clone(), y[1].data.clone()),
+        (vec![0.0, 1.0, 2.0], vec![3.0, 4.0, 5.0, 6.0])
+    );
+    let y = ref_one("Split", t1(&x7[..6]), vec![], vec![attr_int("axis", -1)], 3);
+    assert_eq!(y[2].data, [4.0, 5.0]);
+
+    // Activations at and around their kinks.
+    let xs = [-4.0, -3.0, -2.5, -1.0, 0.0, 1.0, 2.5, 3.0, 4.0];
+    let y = ref_one("HardSigmoid", t1(&xs), vec![], vec![], 1);
+    assert_close(&y[0].data, &[0.0, 0.0, 0.0, 0.3, 0.5, 0.7, 1.0, 1.0, 1.0]);
+    let y = ref_one("HardSwish", t1(&xs), vec![], vec![], 1);
+    let want: Vec<f64> = xs
+        .iter()
+        .map(|&v: &f64| v * ((v + 3.0) / 6.0).clamp(0.0, 1.0))
+        .collect();
+    assert_close(&y[0].data, &want);
+    let y = ref_one("LeakyRelu", t1(&xs), vec![], vec![], 1);
+    assert_close(&y[0].data[..1], &[-0.04]);
+    assert_close(&y[0].data[4..], &[0.0, 1.0, 2.5, 3.0, 4.0]);
+    let y = ref_one("Sigmoid", t1(&[0.0, 2.0]), vec![], vec![], 1);
+    assert_close(&y[0].data, &[0.5, 1.0 / (1.0 + (-2.0f64).exp())]);
+}
+
+fn assert_close(a: &[f64], b: &[f64]) {
+    assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
+    for (p, q) in a.iter().zip(b) {
+        assert!((p - q).abs() < 1e-12, "{a:?} vs {b:?}");
+    }
+}
+
+/// Backward of a one-node model on a given input with seed gradient all ones.
+fn ref_one_grad(op: &str, x: T, attrs: Vec<onnx::pb::AttributeProto>, guided: bool) -> Vec<f64> {
+    let mut b = GraphBuilder::new(14);
+    let xi = b.input("x", &x.shape);
+    let y = b.node(op, &[&xi], attrs);
+    let rf = Ref::new(&b.build());
+    let vals = rf.forward("x", &x);
+    let g = T::new(vals[&y].shape.clone(), vec![1.0; vals[&y].data.len()]);
+    rf.backward(&vals, "x", &y, g, guided).data
+}
+
+#[test]
+fn reference_kink_conventions_and_guided_gating() {
+    let xs = [-4.0, -3.0, -2.5, -1.0, 0.0, 1.0, 2.5, 3.0, 4.0];
+    // HardSigmoid: alpha strictly inside (0, 1), else 0.
+    let g = ref_one_grad("HardSigmoid", t1(&xs), vec![], false);
+    assert_close(&g, &[0.0, 0.0, 0.0, 0.2, 0.2, 0.2, 0.0, 0.0, 0.0]);
+    // LeakyRelu: 1 where x > 0, else alpha (so alpha at 0).
+    let g = ref_one_grad("LeakyRelu", t1(&xs), vec![attr_float("alpha", 0.25)], false);
+    assert_close(&g, &[0.25, 0.25, 0.25, 0.25, 0.25, 1.0, 1.0, 1.0, 1.0]);
+    // HardSwish: x/3 + 1/2 inside (-3, 3), 0 at and below -3, 1 at and above 3.
+    let g = ref_one_grad("HardSwish", t1(&xs), vec![], false);
+    let want: Vec<f64> = xs
+        .iter()
+        .map(|&v: &f64| {
+            if v <= -3.0 {
+                0.0
+            } else if v >= 3.0 {
+                1.0
+            } else {
+                v / 3.0 + 0.5
+            }
+        })
+        .collect();
+    for (a, b) in g.iter().zip(&want) {
+        assert!((a - b).abs() < 1e-15, "{g:?} vs {want:?}");
+    }
+    // Non-ReLU nonlinearities are not gated in guided mode: a negative seed passes.
+    let mut b = GraphBuilder::new(14);
+    let x = b.input("x", &[1, 1, 1, 4]);
+    let neg = b.init_f32("neg", &[1], vec![-1.0]);
+    let s = b.node("Sigmoid", &[&x], vec![]);
+    let h = b.node("HardSwish", &[&s], vec![]);
+    let l = b.node("LeakyRelu", &[&h], vec![]);
+    let y = b.node("Mul", &[&l, &neg], vec![]);
+    let rf = Ref::new(&b.build());
+    let vals = rf.forward("x", &t1(&[-1.0, 0.5, 1.0, 2.0]));
+    let g1 = T::new(vec![1, 1, 1, 4], vec![1.0; 4]);
+    let plain = rf.backward(&vals, "x", &y, g1.clone(), false);
+    let guided = rf.backward(&vals, "x", &y, g1, true);
+    assert_eq!(plain, guided);
+    assert!(plain.data.iter().all(|&v| v < 0.0));
+    // Whole nets without Relu/Clip: guided = plain; with them (detector): not.
+    let mut rng = StdRng::seed_from_u64(63);
+    let native = net_hard_native(&mut rng);
+    let (det, sig) = net_detector(&mut rng);
+    for (net, t, same) in [
+        (&native, native.last_conv.clone(), true),
+        (&det, sig, false),
+    ] {
+        let rf = Ref::new(&net.model);
+        let input = onnx::real_inputs(&net.model)[0].name.clone();
+        let x = rand_input(&mut rng, &net.input, 1.0);
+        let vals = rf.forward(&input, &T::from_f32(&net.input, &x));
+        let seed: Vec<f64> = vals[&t].data.iter().map(|v| v - 0.5).collect();
+        let seed = T::new(vals[&t].shape.clone(), seed);
+        let p = rf.backward(&vals, &input, &t, seed.clone(), false);
+        let g = rf.backward(&vals, &input, &t, seed, true);
+        assert_eq!(p == g, same);
+    }
+}
+
+#[test]
+fn reference_hardswish_decomposed_equals_native() {
+    let mut rng = StdRng::seed_from_u64(64);
+    let cases = op_cases();
+    let native = cases.iter().find(|c| c.name == "HardSwish").unwrap();
+    let dec = cases
+        .iter()
+        .find(|c| c.name.starts_with("HardSwish as"))
+        .unwrap();
+    let x = rand_input(&mut rng, &native.input, 4.0);
+    let xt = T::from_f32(&native.input, &x);
+    let mut grads = vec![];
+    for c in [native, dec] {
+        let rf = Ref::new(&c.model);
+        let vals = rf.forward("x", &xt);
+        let out = pre_softmax(&c.model);
+        let g = T::new(vals[&out].shape.clone(), vec![1.0; vals[&out].data.len()]);
+        grads.push((vals[&out].clone(), rf.backward(&vals, "x", &out, g, false)));
+    }
+    let close = |a: &T, b: &T| {
+        a.data
+            .iter()
+            .zip(&b.data)
+            .all(|(p, q)| (p - q).abs() < 1e-12)
+    };
+    assert!(close(&grads[0].0, &grads[1].0), "forward");
+    assert!(close(&grads[0].1, &grads[1].1), "backward");
+}
+
+#[test]
+fn reference_maxpool_routes_to_the_first_maximum() {
+    let mp = |x: T, attrs| -> Vec<f64> {
+        let mut b = GraphBuilder::new(13);
+        let xi = b.input("x", &x.shape);
+        let y = b.node("MaxPool", &[&xi], attrs);
+        let rf = Ref::new(&b.build());
+        let vals = rf.forward("x", &x);
+        let g = T::new(
+            vals[&y].shape.clone(),
+            (1..=vals[&y].data.len()).map(|v| v as f64).collect(),
+        );
+        rf.backward(&vals, "x", &y, g, false).data
+    };
+    let k2 = || vec![attr_ints("kernel_shape", &[2, 2])];
+    let sq = |v: [f64; 4]| T::new(vec![1, 1, 2, 2], v.to_vec());
+    assert_eq!(mp(sq([1.0; 4]), k2()), [1.0, 0.0, 0.0, 0.0]);
+    assert_eq!(mp(sq([0.0, 1.0, 1.0, 0.0]), k2()), [0.0, 1.0, 0.0, 0.0]);
+    assert_eq!(mp(sq([0.0, 0.0, 1.0, 1.0]), k2()), [0.0, 0.0, 1.0, 0.0]);
+    // Padding is -inf: a negative constant still wins over the pads; the first
+    // in-bounds cell of each window gets it.
+    let pads = vec![
+        attr_ints("kernel_shape", &[2, 2]),
+        attr_ints("pads", &[1, 1, 0, 0]),
+    ];
+    assert_eq!(
+        mp(sq([-1.0; 4]), pads),
+        [1.0 + 2.0 + 3.0 + 4.0, 0.0, 0.0, 0.0]
+    );
+    // 1×4 row, kernel 1×2 stride 1, all equal: window k → cell k.
+    let row = T::new(vec![1, 1, 1, 4], vec![2.0; 4]);
+    assert_eq!(
+        mp(row, vec![attr_ints("kernel_shape", &[1, 2])]),
+        [1.0, 2.0, 3.0, 0.0]
+    );
+}
+
 // ---------------------------------------------------------------- real models
 
 fn model_path(name: &str) -> PathBuf {
     data_dir().join("models").join(name)
 }
 
-/// Resize the short side to 256, centre-crop 224, NCHW float 0–255 in RGB order.
+/// The tench photo: resize the short side to 256, centre-crop 224, NCHW float 0–255 in RGB order.
 fn photo_rgb() -> Vec<f32> {
-    let img = image::open(data_dir().join("images/dev/n01440764_tench.JPEG"))
+    photo_rgb_file("n01440764_tench.JPEG")
+}
+
+/// A photo of `images/dev/`: resize the short side to 256, centre-crop 224, NCHW float
+/// 0–255 in RGB order.
+fn photo_rgb_file(file: &str) -> Vec<f32> {
+    let img = image::open(data_dir().join("images/dev").join(file))
         .unwrap()
         .to_rgb8();
     let (w, h) = img.dimensions();
@@ -748,9 +2089,13 @@ fn photo_rgb() -> Vec<f32> {
     out
 }
 
-/// SqueezeNet preprocessing: BGR, minus mean B104 G117 R123.
+/// SqueezeNet preprocessing of the tench photo: BGR, minus mean B104 G117 R123.
 fn photo_squeezenet() -> Vec<f32> {
-    let rgb = photo_rgb();
+    squeezenet_bgr(&photo_rgb())
+}
+
+/// SqueezeNet preprocessing: BGR, minus mean B104 G117 R123.
+fn squeezenet_bgr(rgb: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; rgb.len()];
     let mean = [104.0, 117.0, 123.0];
     for c in 0..3 {
@@ -842,7 +2187,7 @@ fn shared_models_compile_and_run() {
                 &CompileOptions {
                     mode,
                     seed: seed.clone(),
-                    input_shape: None,
+                    ..Default::default()
                 },
             )
             .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -915,6 +2260,113 @@ fn squeezenet_named_tensor_seed() {
             .iter()
             .all(|i| i.name != SEED)
     );
+}
+
+/// Agreement of a response with a reference: (cosine, fraction of elements off by
+/// more than 1 % of max |reference|).
+fn agree(a: &[f32], b: &[f64]) -> (f64, f64) {
+    assert_eq!(a.len(), b.len());
+    let dot: f64 = a.iter().zip(b).map(|(&x, y)| x as f64 * y).sum();
+    let na = a.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+    let tol = 0.01 * b.iter().map(|y| y.abs()).fold(0.0, f64::max);
+    let off = a
+        .iter()
+        .zip(b)
+        .filter(|&(&x, y)| (x as f64 - y).abs() > tol)
+        .count();
+    (dot / (na * nb).max(1e-300), off as f64 / a.len() as f64)
+}
+
+#[test]
+fn squeezenet_on_a_saturated_photo_matches_reference() {
+    // Half the gown photo is pure white: constant regions, so tied maxima at MaxPool.
+    let rgb = photo_rgb_file("n02669723_academic_gown.JPEG");
+    let hw = 224 * 224;
+    let white = (0..hw)
+        .filter(|&i| (0..3).all(|c| rgb[c * hw + i] == 255.0))
+        .count();
+    assert!(
+        white * 5 > hw,
+        "the photo should be saturated ({white} white pixels)"
+    );
+    let x = squeezenet_bgr(&rgb);
+    let model = onnx::load(&model_path("squeezenet1.1.onnx")).unwrap();
+    // The reference runs the original (opset 7) graph.
+    let mut m32 = model.clone();
+    onnx::fp16_to_fp32(&mut m32).unwrap();
+    let rf = Ref::new(&m32);
+    let input = onnx::real_inputs(&m32)[0].name.clone();
+    let vals = rf.forward(&input, &T::from_f32(&SHAPE, &x));
+    let orig = run(&runnable(&model), vec![(SHAPE.to_vec(), x.clone())]);
+    let e = rel_err(&orig[0].1, &vals["softmaxout_1"].data);
+    assert!(e < 1e-4, "reference forward differs from tract ({e})");
+    let mut tied_total = 0;
+    for n in rf.nodes.iter().filter(|n| n.op_type == "MaxPool") {
+        let xin = &vals[&n.input[0]];
+        let tied = onnx_ref::pool_windows(n, &xin.shape)
+            .iter()
+            .filter(|w| {
+                let m = w
+                    .iter()
+                    .map(|&q| xin.data[q])
+                    .fold(f64::NEG_INFINITY, f64::max);
+                m > 0.0 && w.iter().filter(|&&q| xin.data[q] == m).count() > 1
+            })
+            .count();
+        eprintln!(
+            "{}: {tied} windows with a tied positive maximum",
+            n.input[0]
+        );
+        tied_total += tied;
+    }
+    assert!(
+        tied_total > 100,
+        "the test needs tied maxima ({tied_total})"
+    );
+    let last = "conv10_2";
+    let logits = "pool10_1";
+    let l = &vals[logits];
+    let top = (0..l.data.len())
+        .max_by(|&a, &b| l.data[a].total_cmp(&l.data[b]))
+        .unwrap();
+    let mut onehot = T::zeros(&l.shape);
+    onehot.data[top] = 1.0;
+    let cases = [
+        (
+            Mode::Plain,
+            Seed::Tensor(last.into()),
+            last,
+            vals[last].clone(),
+        ),
+        (
+            Mode::Guided,
+            Seed::Tensor(last.into()),
+            last,
+            vals[last].clone(),
+        ),
+        (Mode::Plain, Seed::Top1, logits, onehot),
+    ];
+    for (mode, seed, t, g) in cases {
+        let guard = compile(
+            &model,
+            &CompileOptions {
+                mode,
+                seed: seed.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let (_, resp) = guard_response(&guard, &x, &SHAPE, None);
+        let want = rf.backward(&vals, &input, t, g, mode == Mode::Guided);
+        assert!(want.data.iter().any(|&v| v != 0.0), "zero reference");
+        let (cos, off) = agree(&resp, &want.data);
+        eprintln!("{mode} {seed}: cos {cos:.6}, {:.4} % off", off * 100.0);
+        assert!(
+            cos >= 0.9999 && off <= 0.001,
+            "{mode} {seed}: cos {cos}, {off} of the elements off by > 1 % of max"
+        );
+    }
 }
 
 /// Ad-hoc timing: `cargo test --test compiler -- --ignored --nocapture bench_`.

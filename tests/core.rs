@@ -95,6 +95,7 @@ fn ort_matches_tract_on_every_model() {
                 mode: Mode::Plain,
                 seed: Seed::Top1,
                 input_shape: None,
+                ..Default::default()
             },
         ] {
             let mut t = open(name, BackendKind::Tract, Some(opts.clone()));

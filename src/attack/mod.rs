@@ -122,6 +122,7 @@ impl Oracle {
                 mode: Mode::Plain,
                 seed: Seed::Input,
                 input_shape: None,
+                ..Default::default()
             }),
         };
         let grad = Guard::open(manifest, &opts)?;

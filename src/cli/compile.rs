@@ -1,6 +1,6 @@
 //! `advguard compile`: classifier ONNX → guard ONNX (forward + backward as forward ops).
 
-use advguard::engine::compile::{CompileOptions, Mode, Seed, compile, image_input};
+use advguard::engine::compile::{CompileOptions, Mode, Seed, Target, compile, image_input};
 use anyhow::Context;
 use std::path::PathBuf;
 
@@ -15,12 +15,15 @@ pub struct Args {
     /// Backward mode: guided (guided backprop) or plain (true gradient).
     #[arg(long, default_value = "guided")]
     pub mode: Mode,
-    /// Seed: last-conv, top1, class:N, tensor:NAME or input (extra `seed` graph input).
+    /// Seed: last-conv, top1, class:N, tensor:NAME, tensor:NAME[C] (one channel) or input (extra `seed` graph input).
     #[arg(long, default_value = "last-conv")]
     pub seed: Seed,
     /// Square input size H=W (default: the model's declared size).
     #[arg(long)]
     pub input_size: Option<usize>,
+    /// Engine the graph is written for: tract or ort (ONNX Runtime, incl. its TensorRT provider).
+    #[arg(long, default_value = "tract")]
+    pub target: Target,
 }
 
 /// Runs `advguard compile`.
@@ -39,6 +42,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         mode: args.mode,
         seed: args.seed.clone(),
         input_shape,
+        target: args.target,
     };
     let guard =
         compile(&model, &opts).with_context(|| format!("compiling {}", args.model.display()))?;
@@ -47,13 +51,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let g = guard.graph.as_ref().unwrap();
     let outs: Vec<&str> = g.output.iter().map(|o| o.name.as_str()).collect();
     println!(
-        "{} -> {}: {} ops in, {} nodes added, mode {}, seed {}, outputs [{}]",
+        "{} -> {}: {} ops in, {} nodes added, mode {}, seed {}, target {}, outputs [{}]",
         args.model.display(),
         args.output.display(),
         n_in,
         g.node.len().saturating_sub(n_in),
         opts.mode,
         opts.seed,
+        opts.target,
         outs.join(", ")
     );
     Ok(())

@@ -78,6 +78,7 @@ impl ModelArgs {
                 mode: self.mode,
                 seed: self.seed.clone(),
                 input_shape: None,
+                ..Default::default()
             }),
         };
         Guard::open(&manifest, &opts).with_context(|| format!("opening model {}", manifest.name))

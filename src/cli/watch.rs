@@ -185,6 +185,7 @@ pub fn guard_options(m: &ModelArgs) -> GuardOptions {
             mode: m.mode,
             seed: m.seed.clone(),
             input_shape: None,
+            ..Default::default()
         }),
     }
 }

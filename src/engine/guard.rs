@@ -92,6 +92,10 @@ impl Guard {
             Some(c) => {
                 let mut c = c.clone();
                 c.input_shape.get_or_insert(shape);
+                c.target = match opts.backend {
+                    BackendKind::Tract => compile::Target::Tract,
+                    _ => compile::Target::OnnxRuntime,
+                };
                 if c.seed == compile::Seed::LastConv
                     && let Some(t) = &manifest.trace
                 {

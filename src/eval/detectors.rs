@@ -63,6 +63,7 @@ fn open(
                 mode,
                 seed,
                 input_shape: None,
+                ..Default::default()
             }),
         },
     )

@@ -104,6 +104,7 @@ fn open_guard(
             mode: Mode::Plain,
             seed: Seed::Input,
             input_shape: None,
+            ..Default::default()
         });
     }
     Guard::open(&manifest, &opts).map_err(|e| anyhow::anyhow!("opening model {model}: {e}"))

@@ -6,6 +6,8 @@
 //! [`LOGITS`](crate::engine::LOGITS) and [`RESPONSE`](crate::engine::RESPONSE).
 
 mod adjoint;
+mod ctx;
+mod ops;
 mod prepare;
 
 use crate::onnx::{OnnxError, pb::ModelProto};
@@ -31,12 +33,27 @@ pub enum Seed {
     LastConv,
     /// A named tensor, seeded with its own values (gradient of ½‖t‖²).
     Tensor(String),
+    /// One channel (axis 1) of a named tensor, seeded with its own values
+    /// (gradient of ½‖t[:, c]‖²), e.g. the person channel of a detector's heat map.
+    Channel(String, usize),
     /// One-hot at the arg-max of the logits, computed in the graph.
     Top1,
     /// Constant one-hot at this class.
     Class(usize),
     /// An extra graph input `seed` (shape of `logits`); the backward pass starts at `logits`.
     Input,
+}
+
+/// The engine a guard graph is written for: each gets the exact form of the
+/// ReLU masks that it runs fastest (both are exact and TensorRT-parsable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Target {
+    /// tract: masks as `Sign(y)` (its comparisons and `Ceil` are slow).
+    #[default]
+    Tract,
+    /// ONNX Runtime (CPU, CUDA, TensorRT provider): masks as `Min(Ceil(y), 1)`
+    /// (its `Sign` kernel is not vectorised).
+    OnnxRuntime,
 }
 
 /// Options of [`compile`].
@@ -48,35 +65,15 @@ pub struct CompileOptions {
     pub seed: Seed,
     /// N×C×H×W input shape (N is pinned to 1); `None` takes the model's declared shape.
     pub input_shape: Option<[usize; 4]>,
+    /// The engine the graph is written for.
+    pub target: Target,
 }
 
-/// Ops whose adjoint the compiler can write (only ops on the input → seed path need one).
-pub const SUPPORTED_OPS: &[&str] = &[
-    "Add",
-    "AveragePool",
-    "BatchNormalization",
-    "Clip",
-    "Concat",
-    "Conv",
-    "Div",
-    "Dropout",
-    "Flatten",
-    "Gemm",
-    "GlobalAveragePool",
-    "Identity",
-    "MatMul",
-    "MaxPool",
-    "Mul",
-    "Neg",
-    "Pad",
-    "Relu",
-    "Reshape",
-    "Squeeze",
-    "Sub",
-    "Sum",
-    "Transpose",
-    "Unsqueeze",
-];
+/// Ops whose adjoint the compiler can write (only ops on the input → seed path
+/// need one), sorted: the keys of the op table in `ops/`.
+pub fn supported_ops() -> Vec<&'static str> {
+    ops::supported()
+}
 
 /// Every op a guard graph of a supported model may contain; all are in TensorRT's
 /// ONNX parser op set (no MaxPool `Indices`, MaxUnpool, Scatter*, ArgMax, OneHot,
@@ -87,6 +84,7 @@ pub const TENSORRT_SAFE_OPS: &[&str] = &[
     "AveragePool",
     "BatchNormalization",
     "Cast",
+    "Ceil",
     "Clip",
     "Concat",
     "Constant",
@@ -99,10 +97,14 @@ pub const TENSORRT_SAFE_OPS: &[&str] = &[
     "Gemm",
     "GlobalAveragePool",
     "Greater",
+    "HardSigmoid",
+    "HardSwish",
     "Identity",
+    "LeakyRelu",
     "Less",
     "MatMul",
     "MaxPool",
+    "Min",
     "Mul",
     "Neg",
     "Pad",
@@ -110,12 +112,16 @@ pub const TENSORRT_SAFE_OPS: &[&str] = &[
     "ReduceSum",
     "Relu",
     "Reshape",
+    "Resize",
+    "Sigmoid",
     "Sign",
     "Slice",
     "Softmax",
+    "Split",
     "Squeeze",
     "Sub",
     "Sum",
+    "Tanh",
     "Transpose",
     "Unsqueeze",
 ];
@@ -124,7 +130,7 @@ pub const TENSORRT_SAFE_OPS: &[&str] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
     /// An op on the input → seed path has no adjoint.
-    #[error("unsupported op {op:?} at node {node:?} (supported: {})", SUPPORTED_OPS.join(", "))]
+    #[error("unsupported op {op:?} at node {node:?} (supported: {})", supported_ops().join(", "))]
     UnsupportedOp { op: String, node: String },
     /// A supported op with attributes or inputs the compiler cannot differentiate.
     #[error("node {node:?} ({op}): {msg}")]
@@ -167,6 +173,26 @@ impl fmt::Display for Mode {
     }
 }
 
+impl FromStr for Target {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "tract" => Ok(Target::Tract),
+            "ort" | "onnxruntime" | "tensorrt" => Ok(Target::OnnxRuntime),
+            o => Err(format!("unknown target {o:?} (expected tract or ort)")),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Target::Tract => "tract",
+            Target::OnnxRuntime => "ort",
+        })
+    }
+}
+
 impl FromStr for Seed {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -188,10 +214,22 @@ impl FromStr for Seed {
             if n.is_empty() {
                 return Err("empty tensor name in seed (expected tensor:NAME)".into());
             }
+            if let Some(body) = n.strip_suffix(']')
+                && let Some((name, c)) = body.rsplit_once('[')
+            {
+                let c = c
+                    .trim()
+                    .parse::<usize>()
+                    .map_err(|_| format!("bad channel in seed {t:?} (expected tensor:NAME[C])"))?;
+                if name.is_empty() {
+                    return Err("empty tensor name in seed (expected tensor:NAME[C])".into());
+                }
+                return Ok(Seed::Channel(name.to_string(), c));
+            }
             return Ok(Seed::Tensor(n.to_string()));
         }
         Err(format!(
-            "unknown seed {t:?} (expected last-conv, top1, class:N, tensor:NAME or input)"
+            "unknown seed {t:?} (expected last-conv, top1, class:N, tensor:NAME, tensor:NAME[C] or input)"
         ))
     }
 }
@@ -201,6 +239,7 @@ impl fmt::Display for Seed {
         match self {
             Seed::LastConv => f.write_str("last-conv"),
             Seed::Tensor(n) => write!(f, "tensor:{n}"),
+            Seed::Channel(n, c) => write!(f, "tensor:{n}[{c}]"),
             Seed::Top1 => f.write_str("top1"),
             Seed::Class(c) => write!(f, "class:{c}"),
             Seed::Input => f.write_str("input"),

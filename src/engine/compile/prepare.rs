@@ -1,6 +1,7 @@
 //! Normalising a classifier before differentiation: FP32, named nodes, one pinned
 //! input, reserved names freed, operator set ≥ 13, topological order, static shapes.
 
+use super::ops::UpgradeCx;
 use super::{CompileError, CompileOptions};
 use crate::engine::{LOGITS, RESPONSE, SEED};
 use crate::onnx::{self, pb, pb::ModelProto, pb::NodeProto};
@@ -208,8 +209,8 @@ pub(super) fn infer_shapes(m: &ModelProto) -> (HashMap<String, Vec<usize>>, Opti
     (out, note)
 }
 
-/// Moves the default-domain opset to ≥ 13, rewriting the version-sensitive ops
-/// the compiler may meet. Dropout (inference) becomes Identity at any version.
+/// Moves the default-domain opset to ≥ 13: each op's upgrade rule (in `ops/`)
+/// rewrites its node. Dropout (inference) becomes Identity at any version.
 fn upgrade_opset(
     m: &mut ModelProto,
     shapes: &mut HashMap<String, Vec<usize>>,
@@ -217,172 +218,22 @@ fn upgrade_opset(
     let from = onnx::opset_version(m);
     let target = from.max(MIN_OPSET);
     let g = m.graph.as_mut().unwrap();
-    let mut b_inits: Vec<pb::TensorProto> = vec![];
-    let mut extra_nodes: Vec<(usize, NodeProto)> = vec![];
-    let mut counter = 0usize;
     let taken = tensor_names(g);
-    let mut fresh = |base: &str| loop {
-        counter += 1;
-        let n = format!("{base}__up{counter}");
-        if !taken.contains(&n) {
-            break n;
-        }
-    };
-    let used_inputs: HashSet<String> = g
+    let used: HashSet<String> = g
         .node
         .iter()
         .flat_map(|n| n.input.iter().cloned())
         .chain(g.output.iter().map(|o| o.name.clone()))
         .collect();
-    for (idx, n) in g.node.iter_mut().enumerate() {
-        let op = n.op_type.as_str();
-        match op {
-            "Dropout" => {
-                if let Some(extra) = n.output.iter().skip(1).find(|o| used_inputs.contains(*o)) {
-                    return Err(CompileError::Unsupported {
-                        op: "Dropout".into(),
-                        node: n.name.clone(),
-                        msg: format!("its mask output {extra:?} is used"),
-                    });
-                }
-                n.op_type = "Identity".into();
-                n.input.truncate(1);
-                n.output.truncate(1);
-                n.attribute.clear();
-            }
-            "Clip" if from < 11 => {
-                let lo = onnx::get_float(n, "min").unwrap_or(f32::NEG_INFINITY);
-                let hi = onnx::get_float(n, "max").unwrap_or(f32::INFINITY);
-                let lo_n = fresh(&format!("{}_min", n.name));
-                let hi_n = fresh(&format!("{}_max", n.name));
-                b_inits.push(onnx::tensor_f32(&lo_n, &[], vec![lo]));
-                b_inits.push(onnx::tensor_f32(&hi_n, &[], vec![hi]));
-                n.input.truncate(1);
-                n.input.push(lo_n);
-                n.input.push(hi_n);
-                n.attribute.clear();
-            }
-            "BatchNormalization" if from < 9 => {
-                n.attribute
-                    .retain(|a| a.name == "epsilon" || a.name == "momentum");
-                n.output.truncate(1);
-            }
-            "Squeeze" | "Unsqueeze" | "ReduceSum" if from < 13 => {
-                if let Some(axes) = onnx::get_ints(n, "axes") {
-                    let an = fresh(&format!("{}_axes", n.name));
-                    b_inits.push(onnx::tensor_i64(&an, &[axes.len()], axes));
-                    n.input.truncate(1);
-                    n.input.push(an);
-                    n.attribute.retain(|a| a.name != "axes");
-                }
-            }
-            "Split" if from < 13 => {
-                if let Some(split) = onnx::get_ints(n, "split") {
-                    let an = fresh(&format!("{}_split", n.name));
-                    b_inits.push(onnx::tensor_i64(&an, &[split.len()], split));
-                    n.input.truncate(1);
-                    n.input.push(an);
-                    n.attribute.retain(|a| a.name != "split");
-                }
-            }
-            "Pad" if from < 11 => {
-                let pads = onnx::get_ints(n, "pads").unwrap_or_default();
-                let value = onnx::get_float(n, "value").unwrap_or(0.0);
-                let pn = fresh(&format!("{}_pads", n.name));
-                let vn = fresh(&format!("{}_value", n.name));
-                b_inits.push(onnx::tensor_i64(&pn, &[pads.len()], pads));
-                b_inits.push(onnx::tensor_f32(&vn, &[], vec![value]));
-                n.input.truncate(1);
-                n.input.push(pn);
-                n.input.push(vn);
-                n.attribute.retain(|a| a.name == "mode");
-            }
-            "Slice" if from < 10 => {
-                let starts = onnx::get_ints(n, "starts").unwrap_or_default();
-                let ends = onnx::get_ints(n, "ends").unwrap_or_default();
-                let axes =
-                    onnx::get_ints(n, "axes").unwrap_or_else(|| (0..starts.len() as i64).collect());
-                for (suffix, v) in [("starts", starts), ("ends", ends), ("axes", axes)] {
-                    let an = fresh(&format!("{}_{suffix}", n.name));
-                    b_inits.push(onnx::tensor_i64(&an, &[v.len()], v));
-                    if suffix == "starts" {
-                        n.input.truncate(1);
-                    }
-                    n.input.push(an);
-                }
-                n.attribute.clear();
-            }
-            "Softmax" | "LogSoftmax" | "Hardmax" if from < 13 => {
-                let shape = shapes.get(&n.input[0]).cloned();
-                let rank = shape.as_ref().map(|s| s.len() as i64);
-                let mut axis = onnx::get_int(n, "axis").unwrap_or(1);
-                if let Some(r) = rank
-                    && axis < 0
-                {
-                    axis += r;
-                }
-                let Some(shape) = shape else {
-                    return Err(CompileError::Shape(format!(
-                        "no static shape for the input of {}",
-                        n.name
-                    )));
-                };
-                let trailing_ones = shape[(axis as usize + 1).min(shape.len())..]
-                    .iter()
-                    .all(|&d| d == 1);
-                n.attribute.retain(|a| a.name != "axis");
-                if trailing_ones {
-                    n.attribute.push(onnx::attr_int("axis", axis));
-                } else {
-                    // Old semantics: softmax over the flattened trailing dims.
-                    let flat = fresh(&format!("{}_flat", n.name));
-                    let soft = fresh(&format!("{}_soft", n.name));
-                    let shp = fresh(&format!("{}_shape", n.name));
-                    let out = n.output[0].clone();
-                    b_inits.push(onnx::tensor_i64(
-                        &shp,
-                        &[shape.len()],
-                        shape.iter().map(|&d| d as i64).collect(),
-                    ));
-                    let flat_node = NodeProto {
-                        name: fresh(&format!("{}_flatten", n.name)),
-                        op_type: "Flatten".into(),
-                        input: vec![n.input[0].clone()],
-                        output: vec![flat.clone()],
-                        attribute: vec![onnx::attr_int("axis", axis)],
-                        ..Default::default()
-                    };
-                    let reshape = NodeProto {
-                        name: fresh(&format!("{}_reshape", n.name)),
-                        op_type: "Reshape".into(),
-                        input: vec![soft.clone(), shp],
-                        output: vec![out.clone()],
-                        ..Default::default()
-                    };
-                    let outer: usize = shape[..axis as usize].iter().product();
-                    shapes.insert(
-                        flat.clone(),
-                        vec![outer, shape[axis as usize..].iter().product()],
-                    );
-                    shapes.insert(
-                        soft.clone(),
-                        vec![outer, shape[axis as usize..].iter().product()],
-                    );
-                    n.input[0] = flat;
-                    n.output[0] = soft;
-                    n.attribute.push(onnx::attr_int("axis", 1));
-                    extra_nodes.push((idx, flat_node));
-                    extra_nodes.push((idx + 1, reshape));
-                }
-            }
-            _ => {}
+    let mut u = UpgradeCx::new(from, shapes, &used, &taken);
+    for n in g.node.iter_mut() {
+        if let Some(up) = super::ops::rule(&n.op_type).and_then(|r| r.upgrade) {
+            up(&mut u, n)?;
         }
     }
-    // Insert extra nodes (topological order is restored by topo_sort anyway).
-    for (_, n) in extra_nodes.into_iter().rev() {
-        g.node.push(n);
-    }
-    g.initializer.extend(b_inits);
+    // New nodes go last; topo_sort restores the order.
+    g.node.append(&mut u.nodes);
+    g.initializer.append(&mut u.inits);
     if let Some(o) = m
         .opset_import
         .iter_mut()

@@ -1,0 +1,227 @@
+//! Pooling. MaxPool routes each window's gradient to its first maximum in
+//! row-major scan order (PyTorch's, TensorFlow's and ONNX `Indices`' rule), with
+//! ops TensorRT's parser takes: no `Indices`, no Scatter.
+
+use super::{Grads, OpRule};
+use crate::engine::compile::ctx::{Ctx, R, unsup, window};
+use crate::onnx::{self, attr_int, attr_ints, pb::NodeProto};
+
+type Out = R<Vec<(String, String)>>;
+
+pub const RULES: &[OpRule] = &[
+    OpRule {
+        op: "MaxPool",
+        upgrade: None,
+        adjoint: Some(max_pool),
+    },
+    OpRule {
+        op: "AveragePool",
+        upgrade: None,
+        adjoint: Some(average_pool),
+    },
+    OpRule {
+        op: "GlobalAveragePool",
+        upgrade: None,
+        adjoint: Some(global_average_pool),
+    },
+];
+
+fn max_pool(cx: &mut Ctx, n: &NodeProto, g: &Grads, _: &dyn Fn(&str) -> bool) -> Out {
+    let gy = g.first()?;
+    let x = n.input[0].clone();
+    let y = n.output[0].clone();
+    let mut out = vec![];
+    let xs = cx.shape(&x)?;
+    let ys = cx.shape(&y)?;
+    let k = onnx::get_ints(n, "kernel_shape").unwrap_or_default();
+    if xs.len() != 4 || k.len() != 2 {
+        return Err(unsup(n, "only 2-D pooling is supported"));
+    }
+    let w = window(n, [k[0] as usize, k[1] as usize], &xs, &ys)?;
+    let (c, ho, wo) = (xs[1], ys[2], ys[3]);
+    let eff = [(w.k[0] - 1) * w.d[0] + 1, (w.k[1] - 1) * w.d[1] + 1];
+    let full = [(ho - 1) * w.s[0] + eff[0], (wo - 1) * w.s[1] + eff[1]];
+    // Pad with -inf so every window is in bounds.
+    let pe = [
+        full[0].saturating_sub(xs[2] + w.pb[0]) as i64,
+        full[1].saturating_sub(xs[3] + w.pb[1]) as i64,
+    ];
+    let xp = if w.pb == [0, 0] && pe == [0, 0] {
+        x.clone()
+    } else {
+        let p = cx.ci64(
+            "pads",
+            &[0, 0, w.pb[0] as i64, w.pb[1] as i64, 0, 0, pe[0], pe[1]],
+        );
+        let v = cx.scalar(f32::NEG_INFINITY);
+        cx.op("Pad", &[&x, &p, &v], vec![])
+    };
+    // Per kernel offset, in row-major order: strided slice == pooled → mask ·
+    // the gradient not yet routed. `rem` holds, per pooled cell, the gradient
+    // still to place: it becomes exactly 0 at the first maximum, so later tied
+    // maxima get nothing (each step is a product with 0/1 and an exact
+    // subtraction). Contributions are placed by phase (offset·d mod s) and shift
+    // (offset·d div s), then the s×s phases are interleaved (depth-to-space with
+    // Concat + Reshape).
+    let mut rem = gy.to_string();
+    let last = (w.k[0] - 1, w.k[1] - 1);
+    let (s0, s1) = (w.s[0], w.s[1]);
+    let hq = full[0].div_ceil(s0);
+    let wq = full[1].div_ceil(s1);
+    let mut phases: Vec<Vec<Vec<String>>> = vec![vec![vec![]; s1]; s0];
+    for i in 0..w.k[0] {
+        for j in 0..w.k[1] {
+            let (oi, oj) = (i * w.d[0], j * w.d[1]);
+            let s = cx.slice(
+                &xp,
+                &[oi as i64, oj as i64],
+                &[
+                    (oi + (ho - 1) * s0) as i64 + 1,
+                    (oj + (wo - 1) * s1) as i64 + 1,
+                ],
+                &[2, 3],
+                Some(&[s0 as i64, s1 as i64]),
+            );
+            let eq = cx.op("Equal", &[&s, &y], vec![]);
+            let mask = cx.cast_float(&eq);
+            let r = cx.op("Mul", &[&mask, &rem], vec![]);
+            if (i, j) != last {
+                rem = cx.op("Sub", &[&rem, &r], vec![]);
+            }
+            let (qi, qj) = (oi / s0, oj / s1);
+            let pads = [qi, qj, hq - ho - qi, wq - wo - qj];
+            let r = if pads.iter().all(|&p| p == 0) {
+                r
+            } else {
+                let p = cx.ci64(
+                    "pads",
+                    &[
+                        0,
+                        0,
+                        pads[0] as i64,
+                        pads[1] as i64,
+                        0,
+                        0,
+                        pads[2] as i64,
+                        pads[3] as i64,
+                    ],
+                );
+                cx.op("Pad", &[&r, &p], vec![])
+            };
+            phases[oi % s0][oj % s1].push(r);
+        }
+    }
+    let mut rows = vec![];
+    for ph in phases {
+        let mut cols = vec![];
+        for parts in ph {
+            let t = match cx.accumulate(&parts) {
+                Some(t) => t,
+                None => cx.cf32("zeros", &[1, c, hq, wq], vec![0.0; c * hq * wq]),
+            };
+            cols.push(if s1 > 1 {
+                cx.reshape(&t, &[1, c, hq, wq, 1])
+            } else {
+                t
+            });
+        }
+        let row = if s1 > 1 {
+            let refs: Vec<&str> = cols.iter().map(|s| s.as_str()).collect();
+            let cat = cx.op("Concat", &refs, vec![attr_int("axis", 4)]);
+            cx.reshape(&cat, &[1, c, hq, 1, wq * s1])
+        } else {
+            cx.reshape(&cols[0], &[1, c, hq, 1, wq])
+        };
+        rows.push(row);
+    }
+    let g = if s0 > 1 {
+        let refs: Vec<&str> = rows.iter().map(|s| s.as_str()).collect();
+        cx.op("Concat", &refs, vec![attr_int("axis", 3)])
+    } else {
+        rows.pop().unwrap()
+    };
+    let g = cx.reshape(&g, &[1, c, hq * s0, wq * s1]);
+    let g = cx.crop(&g, [hq * s0, wq * s1], w.pb, [xs[2], xs[3]]);
+    out.push((x, g));
+    Ok(out)
+}
+
+fn average_pool(cx: &mut Ctx, n: &NodeProto, g: &Grads, _: &dyn Fn(&str) -> bool) -> Out {
+    let gy = g.first()?;
+    let x = n.input[0].clone();
+    let y = n.output[0].clone();
+    let mut out = vec![];
+    let xs = cx.shape(&x)?;
+    let ys = cx.shape(&y)?;
+    let k = onnx::get_ints(n, "kernel_shape").unwrap_or_default();
+    if xs.len() != 4 || k.len() != 2 {
+        return Err(unsup(n, "only 2-D pooling is supported"));
+    }
+    let w = window(n, [k[0] as usize, k[1] as usize], &xs, &ys)?;
+    if w.d != [1, 1] {
+        return Err(unsup(n, "dilated AveragePool"));
+    }
+    let include = onnx::get_int(n, "count_include_pad").unwrap_or(0) == 1;
+    let (c, ho, wo) = (xs[1], ys[2], ys[3]);
+    let count = |o: usize, a: usize| -> usize {
+        let start = (o * w.s[a]) as i64 - w.pb[a] as i64;
+        let end = start + w.k[a] as i64;
+        let (lo, hi) = if include {
+            (-(w.pb[a] as i64), (xs[2 + a] + w.pe[a]) as i64)
+        } else {
+            (0, xs[2 + a] as i64)
+        };
+        (end.min(hi) - start.max(lo)).max(0) as usize
+    };
+    let mut inv = Vec::with_capacity(ho * wo);
+    for oh in 0..ho {
+        for ow in 0..wo {
+            let cnt = count(oh, 0) * count(ow, 1);
+            inv.push(if cnt == 0 { 0.0 } else { 1.0 / cnt as f32 });
+        }
+    }
+    let scaled = if inv.iter().all(|&v| v == inv[0]) {
+        let s = cx.scalar(inv[0]);
+        cx.op("Mul", &[gy, &s], vec![])
+    } else {
+        let t = cx.cf32("inv_count", &[1, 1, ho, wo], inv);
+        cx.op("Mul", &[gy, &t], vec![])
+    };
+    let full = [(ho - 1) * w.s[0] + w.k[0], (wo - 1) * w.s[1] + w.k[1]];
+    let g = if ho == 1 && wo == 1 && full == [xs[2], xs[3]] && w.pb == [0, 0] {
+        // Global pooling in disguise: broadcast.
+        let s = cx.shape_const(&xs);
+        cx.op("Expand", &[&scaled, &s], vec![])
+    } else {
+        let ones = cx.cf32(
+            "ones_kernel",
+            &[c, 1, w.k[0], w.k[1]],
+            vec![1.0; c * w.k[0] * w.k[1]],
+        );
+        let scat = cx.op(
+            "ConvTranspose",
+            &[&scaled, &ones],
+            vec![
+                attr_ints("kernel_shape", &[w.k[0] as i64, w.k[1] as i64]),
+                attr_ints("strides", &[w.s[0] as i64, w.s[1] as i64]),
+                attr_int("group", c as i64),
+            ],
+        );
+        cx.crop(&scat, full, w.pb, [xs[2], xs[3]])
+    };
+    out.push((x, g));
+    Ok(out)
+}
+
+fn global_average_pool(cx: &mut Ctx, n: &NodeProto, g: &Grads, _: &dyn Fn(&str) -> bool) -> Out {
+    let gy = g.first()?;
+    let x = n.input[0].clone();
+    let mut out = vec![];
+    let xs = cx.shape(&x)?;
+    let area: usize = xs[2..].iter().product();
+    let s = cx.scalar(1.0 / area as f32);
+    let scaled = cx.op("Mul", &[gy, &s], vec![]);
+    let sh = cx.shape_const(&xs);
+    out.push((x, cx.op("Expand", &[&scaled, &sh], vec![])));
+    Ok(out)
+}
