@@ -26,7 +26,7 @@ def session(path, profile=False):
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, os.environ.get("ORT_OPT", "ORT_ENABLE_ALL"))
     if profile:
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "guard")

@@ -6,12 +6,13 @@
 //!
 //! Acceptance (issue #11): cos ≥ 0.9999 and ≤ 0.1 % of the elements off by more
 //! than 1 % of the reference's maximum, in plain and guided mode, on all three
-//! shared models. `scripts/setup.sh --deps` installs the Python side.
+//! shared models, each on tract and on ONNX Runtime (the graph written for each).
+//! `scripts/setup.sh --deps` installs the Python side.
 
 use advguard::engine::compile::{CompileOptions, Mode, Seed};
 use advguard::engine::manifest::Manifest;
 use advguard::engine::preprocess::Preprocess;
-use advguard::engine::{BackendKind, Guard, GuardOptions};
+use advguard::engine::{BackendKind, Guard, GuardOptions, ort_backend};
 use ndarray::{Array3, Array4};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -160,44 +161,58 @@ fn check_model(name: &str, extra_seeds: &[(Seed, RefSeed, Mode)]) {
         )
     }));
     let mut failures = vec![];
+    assert!(
+        ort_backend::available(),
+        "ONNX Runtime is not loadable: run `bash scripts/setup.sh --deps` or set ORT_DYLIB_PATH"
+    );
     for (seed, rseed, mode) in &cases {
-        let mut guard = Guard::open(
-            &m,
-            &GuardOptions {
-                model_path: Some(path.clone()),
-                backend: BackendKind::Tract,
-                compile: Some(CompileOptions {
-                    mode: *mode,
-                    seed: seed.clone(),
-                    ..Default::default()
-                }),
-            },
-        )
-        .unwrap();
-        let shots = photos(guard.preprocess());
+        // Each backend gets the graph written for it (`Target`): tract's Sign masks,
+        // ONNX Runtime's comparison masks.
+        let mut guards: Vec<Guard> = [BackendKind::Tract, BackendKind::OrtCpu]
+            .into_iter()
+            .map(|backend| {
+                Guard::open(
+                    &m,
+                    &GuardOptions {
+                        model_path: Some(path.clone()),
+                        backend,
+                        compile: Some(CompileOptions {
+                            mode: *mode,
+                            seed: seed.clone(),
+                            ..Default::default()
+                        }),
+                    },
+                )
+                .unwrap()
+            })
+            .collect();
+        let shots = photos(guards[0].preprocess());
         let inputs: Vec<Array4<f32>> = shots
             .iter()
-            .map(|(_, px)| guard.preprocess().tensor(px.view()))
+            .map(|(_, px)| guards[0].preprocess().tensor(px.view()))
             .collect();
         let refs = reference(&path, *mode, rseed, &inputs);
-        for ((label, px), want) in shots.iter().zip(&refs) {
-            let got = guard.run_pixels(px.view()).unwrap().response;
-            let got: Vec<f32> = got.iter().copied().collect();
-            let (cos, off) = agree(&got, want);
-            let nonzero = want.iter().filter(|v| **v != 0.0).count();
-            eprintln!(
-                "{name} {mode} seed {seed}: {label}: cos {cos:.6}, {:.3} % off, {nonzero} non-zero",
-                off * 100.0
-            );
-            assert!(
-                nonzero > want.len() / 10,
-                "{name} {label}: the reference response is (nearly) all zero"
-            );
-            if cos < 0.9999 || off > 0.001 {
-                failures.push(format!(
-                    "{name} {mode} {seed} {label}: cos {cos:.6}, {:.3} % off",
+        for guard in guards.iter_mut() {
+            let be = guard.backend().to_string();
+            for ((label, px), want) in shots.iter().zip(&refs) {
+                let got = guard.run_pixels(px.view()).unwrap().response;
+                let got: Vec<f32> = got.iter().copied().collect();
+                let (cos, off) = agree(&got, want);
+                let nonzero = want.iter().filter(|v| **v != 0.0).count();
+                eprintln!(
+                    "{name} {be} {mode} seed {seed}: {label}: cos {cos:.6}, {:.3} % off, {nonzero} non-zero",
                     off * 100.0
-                ));
+                );
+                assert!(
+                    nonzero > want.len() / 10,
+                    "{name} {label}: the reference response is (nearly) all zero"
+                );
+                if cos < 0.9999 || off > 0.001 {
+                    failures.push(format!(
+                        "{name} {be} {mode} {seed} {label}: cos {cos:.6}, {:.3} % off",
+                        off * 100.0
+                    ));
+                }
             }
         }
     }

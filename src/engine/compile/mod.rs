@@ -51,7 +51,7 @@ pub enum Target {
     /// tract: masks as `Sign(y)` (its comparisons and `Ceil` are slow).
     #[default]
     Tract,
-    /// ONNX Runtime (CPU, CUDA, TensorRT provider): masks as `Min(Ceil(y), 1)`
+    /// ONNX Runtime (CPU, CUDA, TensorRT provider): masks as `Cast(Greater(y, lo))`
     /// (its `Sign` kernel is not vectorised).
     OnnxRuntime,
 }
@@ -84,7 +84,6 @@ pub const TENSORRT_SAFE_OPS: &[&str] = &[
     "AveragePool",
     "BatchNormalization",
     "Cast",
-    "Ceil",
     "Clip",
     "Concat",
     "Constant",
@@ -104,7 +103,6 @@ pub const TENSORRT_SAFE_OPS: &[&str] = &[
     "Less",
     "MatMul",
     "MaxPool",
-    "Min",
     "Mul",
     "Neg",
     "Pad",

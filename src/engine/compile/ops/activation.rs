@@ -63,7 +63,9 @@ fn gate(cx: &mut Ctx, gy: &str) -> String {
 fn relu(cx: &mut Ctx, n: &NodeProto, g: &Grads, _: &dyn Fn(&str) -> bool) -> Out {
     // [x > 0] = [y > 0] for y = Relu(x) ≥ 0: exact, and much faster than
     // Cast(Greater(x, 0)) on both engines.
-    let mask = cx.positive_mask(&n.output[0]);
+    let mask = cx
+        .between_mask(&n.output[0], 0.0, f32::INFINITY)
+        .expect("a finite bound");
     let gg = gate(cx, g.first()?);
     Ok(vec![(
         n.input[0].clone(),
@@ -72,28 +74,11 @@ fn relu(cx: &mut Ctx, n: &NodeProto, g: &Grads, _: &dyn Fn(&str) -> bool) -> Out
 }
 
 fn clip(cx: &mut Ctx, n: &NodeProto, g: &Grads, _: &dyn Fn(&str) -> bool) -> Out {
-    // y = clip(x, lo, hi) ∈ [lo, hi]; [lo < x < hi] = [y − lo > 0] · [hi − y > 0]
-    // (a float difference is 0 exactly when the operands are equal).
-    let y = n.output[0].clone();
+    // y = clip(x, lo, hi) ∈ [lo, hi], so [lo < x < hi] = [lo < y < hi].
     let lo = clip_bound(cx, n, 1, f32::NEG_INFINITY)?;
     let hi = clip_bound(cx, n, 2, f32::INFINITY)?;
-    let mut masks = vec![];
-    if lo.is_finite() {
-        let d = if lo == 0.0 {
-            y.clone()
-        } else {
-            let c = cx.scalar(lo);
-            cx.op("Sub", &[&y, &c], vec![])
-        };
-        masks.push(cx.positive_mask(&d));
-    }
-    if hi.is_finite() {
-        let c = cx.scalar(hi);
-        let d = cx.op("Sub", &[&c, &y], vec![]);
-        masks.push(cx.positive_mask(&d));
-    }
     let mut gg = gate(cx, g.first()?);
-    for m in masks {
+    if let Some(m) = cx.between_mask(&n.output[0], lo, hi) {
         gg = cx.op("Mul", &[&gg, &m], vec![]);
     }
     Ok(vec![(n.input[0].clone(), gg)])
@@ -166,7 +151,7 @@ fn leaky_relu(cx: &mut Ctx, n: &NodeProto, g: &Grads, _: &dyn Fn(&str) -> bool) 
     let alpha = onnx::get_float(n, "alpha").unwrap_or(0.01);
     let gy = g.first()?;
     let r = cx.op("Relu", &[&n.output[0]], vec![]);
-    let pos = cx.positive_mask(&r);
+    let pos = cx.between_mask(&r, 0.0, f32::INFINITY).unwrap_or(r);
     let a = cx.scalar(1.0 - alpha);
     let scaled = cx.op("Mul", &[&pos, &a], vec![]);
     let b = cx.scalar(alpha);
@@ -176,11 +161,9 @@ fn leaky_relu(cx: &mut Ctx, n: &NodeProto, g: &Grads, _: &dyn Fn(&str) -> bool) 
 
 /// α·[0 < αx + β < 1] from h = HardSigmoid(x) ∈ [0, 1]: α · [h > 0] · [1 − h > 0].
 fn hard_sigmoid_slope(cx: &mut Ctx, h: &str, alpha: f32) -> String {
-    let one = cx.scalar(1.0);
-    let up = cx.op("Sub", &[&one, h], vec![]);
-    let s_up = cx.positive_mask(&up);
-    let s_lo = cx.positive_mask(h);
-    let m = cx.op("Mul", &[&s_lo, &s_up], vec![]);
+    let m = cx
+        .between_mask(h, 0.0, 1.0)
+        .unwrap_or_else(|| h.to_string());
     let a = cx.scalar(alpha);
     cx.op("Mul", &[&m, &a], vec![])
 }
