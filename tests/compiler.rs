@@ -9,7 +9,7 @@
 mod onnx_ref;
 
 use advguard::engine::compile::{
-    CompileError, CompileOptions, Mode, Seed, TENSORRT_SAFE_OPS, compile,
+    CompileError, CompileOptions, Mode, Seed, TENSORRT_SAFE_OPS, Target, compile,
 };
 use advguard::engine::{LOGITS, RESPONSE, SEED};
 use advguard::onnx::{
@@ -361,6 +361,17 @@ fn pre_softmax(m: &ModelProto) -> String {
 }
 
 /// Checks one network against the reference in both modes and both seed kinds.
+/// Both modes, each written for both targets (tract's Sign masks, ONNX Runtime's
+/// comparison masks; tract runs either form).
+fn modes_and_targets() -> [(Mode, Target); 4] {
+    [
+        (Mode::Guided, Target::Tract),
+        (Mode::Plain, Target::Tract),
+        (Mode::Guided, Target::OnnxRuntime),
+        (Mode::Plain, Target::OnnxRuntime),
+    ]
+}
+
 fn check_against_reference(net: &Net, seed_rng: u64, quantise: bool) {
     let mut rng = StdRng::seed_from_u64(seed_rng);
     let n: usize = net.input.iter().product();
@@ -378,13 +389,14 @@ fn check_against_reference(net: &Net, seed_rng: u64, quantise: bool) {
     let logit_t = pre_softmax(&net.model);
     let classes = vals[&logit_t].data.len();
     let seed: Vec<f32> = rand_vec(&mut rng, classes, 1.0);
-    for mode in [Mode::Guided, Mode::Plain] {
+    for (mode, target) in modes_and_targets() {
         let guided = mode == Mode::Guided;
         // External seed at the logits.
         let guard = compile(
             &net.model,
             &CompileOptions {
                 mode,
+                target,
                 seed: Seed::Input,
                 ..Default::default()
             },
@@ -408,12 +420,13 @@ fn check_against_reference(net: &Net, seed_rng: u64, quantise: bool) {
             "reference response is zero; test is void"
         );
         let e = rel_err(&resp, &want.data);
-        assert!(e < 1e-4, "{mode} seed=input: relative error {e}");
+        assert!(e < 1e-4, "{mode}/{target} seed=input: relative error {e}");
         // LastConv seed: gradient of ½‖a‖² at the last conv's activation.
         let guard = compile(
             &net.model,
             &CompileOptions {
                 mode,
+                target,
                 ..Default::default()
             },
         )
@@ -426,7 +439,10 @@ fn check_against_reference(net: &Net, seed_rng: u64, quantise: bool) {
             "reference response is zero; test is void"
         );
         let e = rel_err(&resp, &want.data);
-        assert!(e < 1e-4, "{mode} seed=last-conv: relative error {e}");
+        assert!(
+            e < 1e-4,
+            "{mode}/{target} seed=last-conv: relative error {e}"
+        );
     }
 }
 
@@ -469,15 +485,6 @@ fn check_maxpool_routing(
     shape: &[usize],
     xv: &[f32],
 ) -> (T, Vec<f32>) {
-    let guard = compile(
-        model,
-        &CompileOptions {
-            mode: Mode::Plain,
-            seed: Seed::Input,
-            ..Default::default()
-        },
-    )
-    .unwrap();
     let rf = Ref::new(model);
     let vals = rf.forward("x", &T::from_f32(shape, xv));
     let k = vals[f].data.len();
@@ -489,14 +496,26 @@ fn check_maxpool_routing(
         (want_sum - seed_sum).abs() < 1e-9 * seed_sum,
         "reference: routed weight {want_sum} vs seeds {seed_sum}"
     );
-    let (_, resp) = guard_response(&guard, xv, shape, Some(&seed));
-    let resp_sum: f64 = resp.iter().map(|v| v.abs() as f64).sum();
-    assert!(
-        (resp_sum - seed_sum).abs() < 1e-6 * seed_sum,
-        "guard: routed weight {resp_sum} vs seeds {seed_sum} (one position per window expected)"
-    );
-    let e = rel_err(&resp, &want.data);
-    assert!(e < 1e-6, "relative error {e}");
+    for target in [Target::Tract, Target::OnnxRuntime] {
+        let guard = compile(
+            model,
+            &CompileOptions {
+                mode: Mode::Plain,
+                seed: Seed::Input,
+                target,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let (_, resp) = guard_response(&guard, xv, shape, Some(&seed));
+        let resp_sum: f64 = resp.iter().map(|v| v.abs() as f64).sum();
+        assert!(
+            (resp_sum - seed_sum).abs() < 1e-6 * seed_sum,
+            "guard: routed weight {resp_sum} vs seeds {seed_sum} ({target}: one position per window expected)"
+        );
+        let e = rel_err(&resp, &want.data);
+        assert!(e < 1e-6, "{target}: relative error {e}");
+    }
     (want, seed)
 }
 
@@ -1421,11 +1440,12 @@ fn check_case_against_reference(c: &OpCase, seed_rng: u64) {
     let out = pre_softmax(&c.model);
     let k = vals[&out].data.len();
     let seed = rand_vec(&mut rng, k, 1.0);
-    for mode in [Mode::Guided, Mode::Plain] {
+    for (mode, target) in modes_and_targets() {
         let guard = compile(
             &c.model,
             &CompileOptions {
                 mode,
+                target,
                 seed: Seed::Input,
                 ..Default::default()
             },
@@ -1433,7 +1453,7 @@ fn check_case_against_reference(c: &OpCase, seed_rng: u64) {
         .unwrap_or_else(|e| panic!("{}: {e}", c.name));
         let (logits, resp) = guard_response(&guard, &x, &c.input, Some(&seed));
         let e = rel_err(&logits, &vals[&out].data);
-        assert!(e < 1e-5, "{} {mode}: logits differ ({e})", c.name);
+        assert!(e < 1e-5, "{} {mode}/{target}: logits differ ({e})", c.name);
         let want = rf.backward(
             &vals,
             "x",
@@ -1448,11 +1468,11 @@ fn check_case_against_reference(c: &OpCase, seed_rng: u64) {
         );
         assert!(
             resp.iter().any(|&v| v != 0.0),
-            "{} {mode}: zero response",
+            "{} {mode}/{target}: zero response",
             c.name
         );
         let e = rel_err(&resp, &want.data);
-        assert!(e < 1e-4, "{} {mode}: relative error {e}", c.name);
+        assert!(e < 1e-4, "{} {mode}/{target}: relative error {e}", c.name);
     }
 }
 
@@ -1499,11 +1519,12 @@ fn check_tensor_seed_against_reference(net: &Net, t: &str, seed_rng: u64) {
     let rf = Ref::new(&net.model);
     let input = onnx::real_inputs(&net.model)[0].name.clone();
     let vals = rf.forward(&input, &T::from_f32(&net.input, &x));
-    for mode in [Mode::Guided, Mode::Plain] {
+    for (mode, target) in modes_and_targets() {
         let guard = compile(
             &net.model,
             &CompileOptions {
                 mode,
+                target,
                 seed: Seed::Tensor(t.to_string()),
                 ..Default::default()
             },
@@ -1515,9 +1536,15 @@ fn check_tensor_seed_against_reference(net: &Net, t: &str, seed_rng: u64) {
             want.data.iter().any(|&v| v != 0.0),
             "reference response is zero; test is void"
         );
-        assert!(resp.iter().any(|&v| v != 0.0), "{mode}: zero response");
+        assert!(
+            resp.iter().any(|&v| v != 0.0),
+            "{mode}/{target}: zero response"
+        );
         let e = rel_err(&resp, &want.data);
-        assert!(e < 1e-4, "{mode} seed=tensor:{t}: relative error {e}");
+        assert!(
+            e < 1e-4,
+            "{mode}/{target} seed=tensor:{t}: relative error {e}"
+        );
     }
 }
 
