@@ -2556,3 +2556,45 @@ fn dump_guard_responses() {
         .unwrap();
     }
 }
+
+#[test]
+fn target_and_channel_seed_parse() {
+    assert_eq!("ort".parse::<Target>().unwrap(), Target::OnnxRuntime);
+    assert_eq!("tract".parse::<Target>().unwrap(), Target::Tract);
+    assert!(
+        "gpu"
+            .parse::<Target>()
+            .unwrap_err()
+            .contains("tract or ort")
+    );
+    let s: Seed = "tensor:tower_0/keypoints[0]".parse().unwrap();
+    assert_eq!(s, Seed::Channel("tower_0/keypoints".into(), 0));
+    assert_eq!(s.to_string(), "tensor:tower_0/keypoints[0]");
+    // A ':' inside a tensor name stays part of the name.
+    assert_eq!(
+        "tensor:Relu6__90:0".parse::<Seed>().unwrap(),
+        Seed::Tensor("Relu6__90:0".into())
+    );
+    assert!(
+        "tensor:x[a]"
+            .parse::<Seed>()
+            .unwrap_err()
+            .contains("bad channel")
+    );
+}
+
+#[test]
+fn channel_seed_out_of_range_is_one_clear_error() {
+    let mut rng = StdRng::seed_from_u64(70);
+    let net = net_mobile(&mut rng);
+    let e = compile(
+        &net.model,
+        &CompileOptions {
+            seed: Seed::Channel(net.last_conv.clone(), 100_000),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(e, CompileError::Seed(_)), "{e}");
+    assert!(e.to_string().contains("out of range"), "{e}");
+}

@@ -115,6 +115,7 @@ pub const TENSORRT_SAFE_OPS: &[&str] = &[
     "Sign",
     "Slice",
     "Softmax",
+    "SpaceToDepth",
     "Split",
     "Squeeze",
     "Sub",
