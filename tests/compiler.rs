@@ -677,6 +677,31 @@ fn top1_and_class_seeds_match_reference() {
 
 // ---------------------------------------------------------------- finite differences
 
+/// Central finite differences of `f` (f64) along 4 random directions equal the
+/// response's directional derivatives, relative to ‖response‖·‖direction‖.
+fn assert_directional_derivatives(
+    rng: &mut StdRng,
+    x: &[f32],
+    resp: &[f32],
+    f: impl Fn(&[f64]) -> f64,
+) {
+    let h = 1e-5;
+    for _ in 0..4 {
+        let d: Vec<f64> = (0..x.len()).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let xp: Vec<f64> = x.iter().zip(&d).map(|(&a, b)| a as f64 + h * b).collect();
+        let xm: Vec<f64> = x.iter().zip(&d).map(|(&a, b)| a as f64 - h * b).collect();
+        let fd = (f(&xp) - f(&xm)) / (2.0 * h);
+        let an: f64 = resp.iter().zip(&d).map(|(&g, b)| g as f64 * b).sum();
+        let gnorm: f64 = resp.iter().map(|&g| (g as f64).powi(2)).sum::<f64>().sqrt();
+        let dnorm: f64 = d.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let err = (fd - an).abs() / (gnorm * dnorm);
+        assert!(
+            err < 1e-3,
+            "finite differences {fd} vs response {an} (relative {err})"
+        );
+    }
+}
+
 /// Plain mode equals central finite differences of ⟨seed, logits(x)⟩ along random
 /// directions (f64 forward; fixed seeds; continuous inputs, so no ties).
 fn check_finite_differences(net: &Net, seed_rng: u64) {
@@ -709,21 +734,7 @@ fn check_finite_differences(net: &Net, seed_rng: u64) {
             .map(|(a, &b)| a * b as f64)
             .sum()
     };
-    let h = 1e-5;
-    for _ in 0..4 {
-        let d: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let xp: Vec<f64> = x.iter().zip(&d).map(|(&a, b)| a as f64 + h * b).collect();
-        let xm: Vec<f64> = x.iter().zip(&d).map(|(&a, b)| a as f64 - h * b).collect();
-        let fd = (f(&xp) - f(&xm)) / (2.0 * h);
-        let an: f64 = resp.iter().zip(&d).map(|(&g, b)| g as f64 * b).sum();
-        let gnorm: f64 = resp.iter().map(|&g| (g as f64).powi(2)).sum::<f64>().sqrt();
-        let dnorm: f64 = d.iter().map(|v| v * v).sum::<f64>().sqrt();
-        let err = (fd - an).abs() / (gnorm * dnorm);
-        assert!(
-            err < 1e-3,
-            "finite differences {fd} vs response {an} (relative {err})"
-        );
-    }
+    assert_directional_derivatives(&mut rng, &x, &resp, f);
 }
 
 #[test]
@@ -1570,21 +1581,7 @@ fn check_finite_differences_tensor(net: &Net, t: &str, seed_rng: u64) {
         let v = rf.forward(&input, &T::new(net.input.clone(), xs.to_vec()));
         0.5 * v[t].data.iter().map(|a| a * a).sum::<f64>()
     };
-    let h = 1e-5;
-    for _ in 0..4 {
-        let d: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let xp: Vec<f64> = x.iter().zip(&d).map(|(&a, b)| a as f64 + h * b).collect();
-        let xm: Vec<f64> = x.iter().zip(&d).map(|(&a, b)| a as f64 - h * b).collect();
-        let fd = (f(&xp) - f(&xm)) / (2.0 * h);
-        let an: f64 = resp.iter().zip(&d).map(|(&g, b)| g as f64 * b).sum();
-        let gnorm: f64 = resp.iter().map(|&g| (g as f64).powi(2)).sum::<f64>().sqrt();
-        let dnorm: f64 = d.iter().map(|v| v * v).sum::<f64>().sqrt();
-        let err = (fd - an).abs() / (gnorm * dnorm);
-        assert!(
-            err < 1e-3,
-            "finite differences {fd} vs response {an} (relative {err})"
-        );
-    }
+    assert_directional_derivatives(&mut rng, &x, &resp, f);
 }
 
 #[test]

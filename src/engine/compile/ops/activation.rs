@@ -2,54 +2,20 @@
 //! family the method traces); every other nonlinearity passes the plain
 //! derivative in both modes, as captum's GuidedBackprop does.
 
-use super::{Grads, OpRule, UpgradeCx};
+use super::{Grads, OpRule, Out, UpgradeCx};
 use crate::engine::compile::Mode;
 use crate::engine::compile::ctx::{Ctx, R, clip_bound};
 use crate::onnx::{self, pb::NodeProto};
 
-type Out = R<Vec<(String, String)>>;
-
 pub const RULES: &[OpRule] = &[
-    OpRule {
-        op: "Relu",
-        upgrade: None,
-        adjoint: Some(relu),
-    },
-    OpRule {
-        op: "Clip",
-        upgrade: Some(clip_upgrade),
-        adjoint: Some(clip),
-    },
-    OpRule {
-        op: "Dropout",
-        upgrade: Some(dropout_upgrade),
-        adjoint: Some(pass),
-    },
-    OpRule {
-        op: "Sigmoid",
-        upgrade: None,
-        adjoint: Some(sigmoid),
-    },
-    OpRule {
-        op: "Tanh",
-        upgrade: None,
-        adjoint: Some(tanh),
-    },
-    OpRule {
-        op: "LeakyRelu",
-        upgrade: None,
-        adjoint: Some(leaky_relu),
-    },
-    OpRule {
-        op: "HardSigmoid",
-        upgrade: None,
-        adjoint: Some(hard_sigmoid),
-    },
-    OpRule {
-        op: "HardSwish",
-        upgrade: None,
-        adjoint: Some(hard_swish),
-    },
+    OpRule::new("Relu", relu),
+    OpRule::upgraded("Clip", clip_upgrade, clip),
+    OpRule::upgraded("Dropout", dropout_upgrade, pass),
+    OpRule::new("Sigmoid", sigmoid),
+    OpRule::new("Tanh", tanh),
+    OpRule::new("LeakyRelu", leaky_relu),
+    OpRule::new("HardSigmoid", hard_sigmoid),
+    OpRule::new("HardSwish", hard_swish),
 ];
 
 /// Guided mode keeps only positive gradients at Relu/Clip.

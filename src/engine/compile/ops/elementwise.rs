@@ -2,48 +2,18 @@
 //! Mul and Div follow the product and quotient rules, so gates that multiply two
 //! image-dependent tensors (squeeze-excite, hard-swish, SiLU) are exact.
 
-use super::{Grads, OpRule};
-use crate::engine::compile::ctx::{Ctx, R};
+use super::{Grads, OpRule, Out};
+use crate::engine::compile::ctx::Ctx;
 use crate::onnx::pb::NodeProto;
 
-type Out = R<Vec<(String, String)>>;
-
 pub const RULES: &[OpRule] = &[
-    OpRule {
-        op: "Identity",
-        upgrade: None,
-        adjoint: Some(identity),
-    },
-    OpRule {
-        op: "Neg",
-        upgrade: None,
-        adjoint: Some(neg),
-    },
-    OpRule {
-        op: "Add",
-        upgrade: None,
-        adjoint: Some(add_sub_sum),
-    },
-    OpRule {
-        op: "Sub",
-        upgrade: None,
-        adjoint: Some(add_sub_sum),
-    },
-    OpRule {
-        op: "Sum",
-        upgrade: None,
-        adjoint: Some(add_sub_sum),
-    },
-    OpRule {
-        op: "Mul",
-        upgrade: None,
-        adjoint: Some(mul),
-    },
-    OpRule {
-        op: "Div",
-        upgrade: None,
-        adjoint: Some(div),
-    },
+    OpRule::new("Identity", identity),
+    OpRule::new("Neg", neg),
+    OpRule::new("Add", add_sub_sum),
+    OpRule::new("Sub", add_sub_sum),
+    OpRule::new("Sum", add_sub_sum),
+    OpRule::new("Mul", mul),
+    OpRule::new("Div", div),
 ];
 
 fn identity(_: &mut Ctx, n: &NodeProto, g: &Grads, _: &dyn Fn(&str) -> bool) -> Out {

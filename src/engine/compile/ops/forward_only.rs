@@ -7,26 +7,10 @@ use crate::engine::compile::ctx::R;
 use crate::onnx::{self, pb::NodeProto};
 
 pub const RULES: &[OpRule] = &[
-    OpRule {
-        op: "ReduceSum",
-        upgrade: Some(reduce_sum_upgrade),
-        adjoint: None,
-    },
-    OpRule {
-        op: "Softmax",
-        upgrade: Some(softmax_upgrade),
-        adjoint: None,
-    },
-    OpRule {
-        op: "LogSoftmax",
-        upgrade: Some(softmax_upgrade),
-        adjoint: None,
-    },
-    OpRule {
-        op: "Hardmax",
-        upgrade: Some(softmax_upgrade),
-        adjoint: None,
-    },
+    OpRule::forward_only("ReduceSum", reduce_sum_upgrade),
+    OpRule::forward_only("Softmax", softmax_upgrade),
+    OpRule::forward_only("LogSoftmax", softmax_upgrade),
+    OpRule::forward_only("Hardmax", softmax_upgrade),
 ];
 
 fn reduce_sum_upgrade(u: &mut UpgradeCx, n: &mut NodeProto) -> R<()> {

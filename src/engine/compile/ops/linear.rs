@@ -3,33 +3,15 @@
 //! ConvTranspose in tract); strided ones as ConvTranspose with `pads` +
 //! `output_padding`, never `output_shape` (ONNX Runtime then ignores the pads).
 
-use super::{Grads, OpRule, UpgradeCx};
+use super::{Grads, OpRule, Out, UpgradeCx};
 use crate::engine::compile::ctx::{Ctx, R, unsup, window};
 use crate::onnx::{self, attr_int, attr_ints, pb::NodeProto};
 
-type Out = R<Vec<(String, String)>>;
-
 pub const RULES: &[OpRule] = &[
-    OpRule {
-        op: "Conv",
-        upgrade: None,
-        adjoint: Some(conv),
-    },
-    OpRule {
-        op: "BatchNormalization",
-        upgrade: Some(batchnorm_upgrade),
-        adjoint: Some(batchnorm),
-    },
-    OpRule {
-        op: "Gemm",
-        upgrade: None,
-        adjoint: Some(gemm),
-    },
-    OpRule {
-        op: "MatMul",
-        upgrade: None,
-        adjoint: Some(matmul),
-    },
+    OpRule::new("Conv", conv),
+    OpRule::upgraded("BatchNormalization", batchnorm_upgrade, batchnorm),
+    OpRule::new("Gemm", gemm),
+    OpRule::new("MatMul", matmul),
 ];
 
 fn conv(cx: &mut Ctx, n: &NodeProto, g: &Grads, on_path: &dyn Fn(&str) -> bool) -> Out {

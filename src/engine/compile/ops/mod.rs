@@ -31,6 +31,9 @@ impl Grads<'_> {
     }
 }
 
+/// What an adjoint returns: (input tensor, gradient contribution) pairs.
+pub type Out = R<Vec<(String, String)>>;
+
 /// Writes the adjoint of one node: (input tensor, gradient contribution) pairs.
 /// `on_path` tells which tensors lie between the image input and the seed.
 pub type Adjoint =
@@ -47,6 +50,35 @@ pub struct OpRule {
     pub upgrade: Option<Upgrade>,
     /// The adjoint; `None` for ops that may only appear off the input → seed path.
     pub adjoint: Option<Adjoint>,
+}
+
+impl OpRule {
+    /// An op whose signature is the same from opset 7 on.
+    pub const fn new(op: &'static str, adjoint: Adjoint) -> Self {
+        OpRule {
+            op,
+            upgrade: None,
+            adjoint: Some(adjoint),
+        }
+    }
+
+    /// An op with an opset upgrade and an adjoint.
+    pub const fn upgraded(op: &'static str, upgrade: Upgrade, adjoint: Adjoint) -> Self {
+        OpRule {
+            op,
+            upgrade: Some(upgrade),
+            adjoint: Some(adjoint),
+        }
+    }
+
+    /// An op that is upgraded but never differentiated.
+    pub const fn forward_only(op: &'static str, upgrade: Upgrade) -> Self {
+        OpRule {
+            op,
+            upgrade: Some(upgrade),
+            adjoint: None,
+        }
+    }
 }
 
 /// What an upgrade rule may read and add.

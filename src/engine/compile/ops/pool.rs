@@ -2,41 +2,36 @@
 //! row-major scan order (PyTorch's, TensorFlow's and ONNX `Indices`' rule), with
 //! ops TensorRT's parser takes: no `Indices`, no Scatter.
 
-use super::{Grads, OpRule};
+use super::{Grads, OpRule, Out};
 use crate::engine::compile::Target;
 use crate::engine::compile::ctx::{Ctx, R, unsup, window};
 use crate::onnx::{self, attr_int, attr_ints, pb::NodeProto};
 
-type Out = R<Vec<(String, String)>>;
-
 pub const RULES: &[OpRule] = &[
-    OpRule {
-        op: "MaxPool",
-        upgrade: None,
-        adjoint: Some(max_pool),
-    },
-    OpRule {
-        op: "AveragePool",
-        upgrade: None,
-        adjoint: Some(average_pool),
-    },
-    OpRule {
-        op: "GlobalAveragePool",
-        upgrade: None,
-        adjoint: Some(global_average_pool),
-    },
+    OpRule::new("MaxPool", max_pool),
+    OpRule::new("AveragePool", average_pool),
+    OpRule::new("GlobalAveragePool", global_average_pool),
 ];
 
-fn max_pool(cx: &mut Ctx, n: &NodeProto, g: &Grads, _: &dyn Fn(&str) -> bool) -> Out {
-    let gy = g.first()?;
-    let (x, y) = (n.input[0].clone(), n.output[0].clone());
-    let xs = cx.shape(&x)?;
-    let ys = cx.shape(&y)?;
+/// Input and output shapes and the window of a 2-D pooling node.
+fn pool_window(
+    cx: &Ctx,
+    n: &NodeProto,
+) -> R<(Vec<usize>, Vec<usize>, crate::engine::compile::ctx::Window)> {
+    let xs = cx.shape(&n.input[0])?;
+    let ys = cx.shape(&n.output[0])?;
     let k = onnx::get_ints(n, "kernel_shape").unwrap_or_default();
     if xs.len() != 4 || k.len() != 2 {
         return Err(unsup(n, "only 2-D pooling is supported"));
     }
     let w = window(n, [k[0] as usize, k[1] as usize], &xs, &ys)?;
+    Ok((xs, ys, w))
+}
+
+fn max_pool(cx: &mut Ctx, n: &NodeProto, g: &Grads, _: &dyn Fn(&str) -> bool) -> Out {
+    let gy = g.first()?;
+    let (x, y) = (n.input[0].clone(), n.output[0].clone());
+    let (xs, ys, w) = pool_window(cx, n)?;
     let (ho, wo) = (ys[2], ys[3]);
     let (s0, s1) = (w.s[0], w.s[1]);
     let eff = [(w.k[0] - 1) * w.d[0] + 1, (w.k[1] - 1) * w.d[1] + 1];
@@ -196,15 +191,8 @@ fn interleave(cx: &mut Ctx, phases: Vec<Vec<Vec<String>>>, p: &PoolGeo) -> Strin
 fn average_pool(cx: &mut Ctx, n: &NodeProto, g: &Grads, _: &dyn Fn(&str) -> bool) -> Out {
     let gy = g.first()?;
     let x = n.input[0].clone();
-    let y = n.output[0].clone();
     let mut out = vec![];
-    let xs = cx.shape(&x)?;
-    let ys = cx.shape(&y)?;
-    let k = onnx::get_ints(n, "kernel_shape").unwrap_or_default();
-    if xs.len() != 4 || k.len() != 2 {
-        return Err(unsup(n, "only 2-D pooling is supported"));
-    }
-    let w = window(n, [k[0] as usize, k[1] as usize], &xs, &ys)?;
+    let (xs, ys, w) = pool_window(cx, n)?;
     if w.d != [1, 1] {
         return Err(unsup(n, "dilated AveragePool"));
     }

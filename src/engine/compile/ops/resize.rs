@@ -3,17 +3,11 @@
 //! rules, so its adjoint is gX = A_hᵀ · gY · A_w: two MatMuls with constants,
 //! for every scale and coordinate mode alike.
 
-use super::{Grads, OpRule, UpgradeCx};
+use super::{Grads, OpRule, Out, UpgradeCx};
 use crate::engine::compile::ctx::{Ctx, R, unsup};
 use crate::onnx::{self, pb::NodeProto};
 
-type Out = R<Vec<(String, String)>>;
-
-pub const RULES: &[OpRule] = &[OpRule {
-    op: "Resize",
-    upgrade: Some(upgrade),
-    adjoint: Some(resize),
-}];
+pub const RULES: &[OpRule] = &[OpRule::upgraded("Resize", upgrade, resize)];
 
 /// Opset 10's Resize(X, scales) is asymmetric, and its nearest mode floors.
 fn upgrade(u: &mut UpgradeCx, n: &mut NodeProto) -> R<()> {

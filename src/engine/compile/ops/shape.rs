@@ -1,57 +1,19 @@
 //! Layout ops: reshapes, transposes, concatenation, padding, slicing, splitting.
 
-use super::{Grads, OpRule, UpgradeCx};
+use super::{Grads, OpRule, Out, UpgradeCx};
 use crate::engine::compile::ctx::{Ctx, R, unsup};
 use crate::onnx::{self, attr_int, attr_ints, pb::NodeProto};
 
-type Out = R<Vec<(String, String)>>;
-
 pub const RULES: &[OpRule] = &[
-    OpRule {
-        op: "Reshape",
-        upgrade: None,
-        adjoint: Some(reshape),
-    },
-    OpRule {
-        op: "Flatten",
-        upgrade: None,
-        adjoint: Some(reshape),
-    },
-    OpRule {
-        op: "Squeeze",
-        upgrade: Some(axes_upgrade),
-        adjoint: Some(reshape),
-    },
-    OpRule {
-        op: "Unsqueeze",
-        upgrade: Some(axes_upgrade),
-        adjoint: Some(reshape),
-    },
-    OpRule {
-        op: "Transpose",
-        upgrade: None,
-        adjoint: Some(transpose),
-    },
-    OpRule {
-        op: "Concat",
-        upgrade: None,
-        adjoint: Some(concat),
-    },
-    OpRule {
-        op: "Pad",
-        upgrade: Some(pad_upgrade),
-        adjoint: Some(pad),
-    },
-    OpRule {
-        op: "Slice",
-        upgrade: Some(slice_upgrade),
-        adjoint: Some(slice),
-    },
-    OpRule {
-        op: "Split",
-        upgrade: Some(split_upgrade),
-        adjoint: Some(split),
-    },
+    OpRule::new("Reshape", reshape),
+    OpRule::new("Flatten", reshape),
+    OpRule::upgraded("Squeeze", axes_upgrade, reshape),
+    OpRule::upgraded("Unsqueeze", axes_upgrade, reshape),
+    OpRule::new("Transpose", transpose),
+    OpRule::new("Concat", concat),
+    OpRule::upgraded("Pad", pad_upgrade, pad),
+    OpRule::upgraded("Slice", slice_upgrade, slice),
+    OpRule::upgraded("Split", split_upgrade, split),
 ];
 
 fn reshape(cx: &mut Ctx, n: &NodeProto, g: &Grads, _: &dyn Fn(&str) -> bool) -> Out {
