@@ -87,3 +87,58 @@ fn compile_errors_are_one_clear_line() {
     );
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
+
+#[test]
+fn compile_centernet_person_channel_for_ort() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = advguard::data_dir().join("models/centernet_mobilenetv3_coco.onnx");
+    let out = dir.path().join("guard.onnx");
+    let (ok, stdout, stderr) = advguard(&[
+        "compile",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--seed",
+        "tensor:tower_0/keypoints[0]",
+        "--target",
+        "ort",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("seed tensor:tower_0/keypoints[0]") && stdout.contains("target ort"),
+        "{stdout}"
+    );
+    let g = onnx::load(&out).unwrap();
+    let ops: Vec<String> = g
+        .graph
+        .unwrap()
+        .node
+        .iter()
+        .map(|n| n.op_type.clone())
+        .collect();
+    // The ONNX Runtime form: comparison masks, no Sign.
+    assert!(ops.iter().any(|o| o == "Greater") && !ops.iter().any(|o| o == "Sign"));
+
+    let (ok, _, stderr) = advguard(&[
+        "compile",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--seed",
+        "tensor:tower_0/keypoints[80]",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("channel 80 is out of range"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    let (ok, _, stderr) = advguard(&[
+        "compile",
+        model.to_str().unwrap(),
+        "-o",
+        "x.onnx",
+        "--target",
+        "gpu",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("unknown target"), "{stderr}");
+}

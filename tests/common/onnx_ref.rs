@@ -290,7 +290,7 @@ fn sigmoid(v: f64) -> f64 {
 }
 
 fn hard_sigmoid(v: f64, alpha: f64, beta: f64) -> f64 {
-    (alpha * v + beta).min(1.0).max(0.0)
+    (alpha * v + beta).clamp(0.0, 1.0)
 }
 
 fn clip_bounds(ins: &[&T], n: &NodeProto, opset: i64) -> (f64, f64) {
