@@ -13,6 +13,7 @@ use advguard::engine::{BackendKind, Guard, GuardOptions, ort_backend};
 use advguard::response::{self, ResponseConfig, entropy};
 use criterion::{Criterion, criterion_group, criterion_main};
 use ndarray::Array2;
+use std::time::Instant;
 
 fn entropy_bench(c: &mut Criterion) {
     let mut s = 7u64;
@@ -39,6 +40,7 @@ fn guard_bench(c: &mut Criterion) {
         eprintln!("ONNX Runtime not loadable: skipping the ORT rows");
     }
     let only = std::env::var("BENCH_MODELS").unwrap_or_default();
+    let mut interleaved = vec![];
     for name in MODELS {
         if !only.is_empty() && !only.split(',').any(|m| m == *name) {
             continue;
@@ -77,16 +79,39 @@ fn guard_bench(c: &mut Criterion) {
                     response::analyze(out.response.view(), &cfg)
                 })
             });
+            // Criterion times the two benches minutes apart, and this shared machine's
+            // load drifts in between; alternating them frame by frame gives a ratio
+            // that drift cannot bend.
+            let (mut tf, mut tg) = (vec![], vec![]);
+            for _ in 0..INTERLEAVED {
+                let t = Instant::now();
+                std::hint::black_box(fwd.run_pixels(px.view()).expect("run"));
+                tf.push(t.elapsed().as_secs_f64());
+                let t = Instant::now();
+                let out = guard.run_pixels(px.view()).expect("run");
+                std::hint::black_box(response::analyze(out.response.view(), &cfg));
+                tg.push(t.elapsed().as_secs_f64());
+            }
+            interleaved.push((name.to_string(), be_name, median(&mut tf), median(&mut tg)));
         }
         group.finish();
     }
-    print_ratios();
+    print_ratios(&interleaved);
+}
+
+/// Forward/guard pairs timed alternately after each model's criterion benches.
+const INTERLEAVED: usize = 40;
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 const MODELS: &[&str] = &["squeezenet1.1", "mobilenet_v2", "efficientnet_lite0"];
 
-/// Guard frame / forward per model and backend, from this run's criterion medians.
-fn print_ratios() {
+/// Guard frame / forward per model and backend: from this run's criterion medians, and
+/// from the interleaved pairs (model, backend, forward s, guard s).
+fn print_ratios(interleaved: &[(String, String, f64, f64)]) {
     let root = std::env::var("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
@@ -100,7 +125,7 @@ fn print_ratios() {
         v["median"]["point_estimate"].as_f64()
     };
     println!(
-        "\n{:<20}{:<10}{:>12}{:>14}{:>8}",
+        "\n{:<20}{:<10}{:>12}{:>14}{:>8}   interleaved ({INTERLEAVED} pairs): forward, guard, ratio",
         "model", "backend", "forward ms", "guard ms", "ratio"
     );
     for name in MODELS {
@@ -109,8 +134,15 @@ fn print_ratios() {
                 median(name, &format!("{be}_forward")),
                 median(name, &format!("{be}_guard_frame")),
             ) {
+                let il = interleaved
+                    .iter()
+                    .find(|(m, b, _, _)| m == name && b == be)
+                    .map(|(_, _, f, g)| {
+                        format!("{:.2} ms, {:.2} ms, {:.2}x", f * 1e3, g * 1e3, g / f)
+                    })
+                    .unwrap_or_default();
                 println!(
-                    "{name:<20}{be:<10}{:>12.2}{:>14.2}{:>7.2}x",
+                    "{name:<20}{be:<10}{:>12.2}{:>14.2}{:>7.2}x   {il}",
                     f / 1e6,
                     g / 1e6,
                     g / f
