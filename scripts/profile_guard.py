@@ -7,7 +7,9 @@ original model's forward pass, interleaved in one process.
 
 Prints the median times, their ratio, and the share of the guard frame spent
 in each op type (from ONNX Runtime's own profiler), so a ratio above the goal
-comes with the ops that keep it there.
+comes with the ops that keep it there. ORT_OPT=ORT_ENABLE_EXTENDED (or another
+GraphOptimizationLevel name) changes the optimisation level, e.g. to see the
+cost of the NCHWc layout transforms that ORT_ENABLE_ALL adds.
 """
 import argparse
 import collections

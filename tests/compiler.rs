@@ -59,6 +59,18 @@ fn output_index(m: &ModelProto, name: &str) -> usize {
         .expect("output exists")
 }
 
+/// Every node of a guard graph is a default-domain op in TensorRT's ONNX parser set.
+fn assert_tensorrt_safe(guard: &ModelProto, label: &str) {
+    for n in &guard.graph.as_ref().unwrap().node {
+        assert!(
+            TENSORRT_SAFE_OPS.contains(&n.op_type.as_str()),
+            "{label}: op {} not TensorRT-safe",
+            n.op_type
+        );
+        assert!(n.domain.is_empty(), "{label}: custom domain");
+    }
+}
+
 fn rand_vec(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
     (0..n)
         .map(|_| rng.random_range(-1.0..1.0f32) * scale)
@@ -1643,14 +1655,7 @@ fn guard_ops_stay_tensorrt_safe_on_detector_ops() {
                 },
             )
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-            for n in &guard.graph.as_ref().unwrap().node {
-                assert!(
-                    TENSORRT_SAFE_OPS.contains(&n.op_type.as_str()),
-                    "{name} {mode} {seed}: op {} not TensorRT-safe",
-                    n.op_type
-                );
-                assert!(n.domain.is_empty(), "{name}: custom domain");
-            }
+            assert_tensorrt_safe(&guard, &format!("{name} {mode} {seed}"));
         }
     }
 }
@@ -2215,14 +2220,7 @@ fn shared_models_compile_and_run() {
                 },
             )
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-            for n in &guard.graph.as_ref().unwrap().node {
-                assert!(
-                    TENSORRT_SAFE_OPS.contains(&n.op_type.as_str()),
-                    "{name}: op {} not TensorRT-safe",
-                    n.op_type
-                );
-                assert!(n.domain.is_empty(), "{name}: custom domain");
-            }
+            assert_tensorrt_safe(&guard, name);
             let mut inputs = vec![(SHAPE.to_vec(), x.clone())];
             if seed == Seed::Input {
                 let mut s = vec![0f32; 1000];

@@ -7,18 +7,11 @@ use crate::engine::compile::ctx::R;
 use crate::onnx::{self, pb::NodeProto};
 
 pub const RULES: &[OpRule] = &[
-    OpRule::forward_only("ReduceSum", reduce_sum_upgrade),
+    OpRule::forward_only("ReduceSum", super::shape::axes_upgrade),
     OpRule::forward_only("Softmax", softmax_upgrade),
     OpRule::forward_only("LogSoftmax", softmax_upgrade),
     OpRule::forward_only("Hardmax", softmax_upgrade),
 ];
-
-fn reduce_sum_upgrade(u: &mut UpgradeCx, n: &mut NodeProto) -> R<()> {
-    if u.from < 13 {
-        u.ints_to_input(n, "axes");
-    }
-    Ok(())
-}
 
 /// Before opset 13, Softmax flattened all dims from `axis` on; keep that meaning.
 fn softmax_upgrade(u: &mut UpgradeCx, n: &mut NodeProto) -> R<()> {

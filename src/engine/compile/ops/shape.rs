@@ -97,7 +97,8 @@ fn pad(cx: &mut Ctx, n: &NodeProto, g: &Grads, _: &dyn Fn(&str) -> bool) -> Out 
     Ok(out)
 }
 
-fn axes_upgrade(u: &mut UpgradeCx, n: &mut NodeProto) -> R<()> {
+/// Before opset 13, Squeeze, Unsqueeze and ReduceSum took `axes` as an attribute.
+pub(super) fn axes_upgrade(u: &mut UpgradeCx, n: &mut NodeProto) -> R<()> {
     if u.from < 13 {
         u.ints_to_input(n, "axes");
     }
