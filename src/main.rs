@@ -34,6 +34,10 @@ enum Cmd {
     Attack(cli::attack::Args),
     /// Evaluate detectors against attacks (the paper's Table 1 and 2).
     Eval(cli::eval::Args),
+    /// Judge the video guard on clips: false alarms per camera-hour, detection of attacked stretches.
+    EvalVideo(cli::eval_video::Args),
+    /// Fit the learned combiner on a dev evaluation report and store it in a profile.
+    Fit(cli::fit::Args),
     /// Find or download a demo clip (URL + sha256, like the models); prints its path.
     FetchClip(cli::fetch_clip::Args),
     /// Alert tools: send a test event through the sinks, drain the spool, show its state.
@@ -52,6 +56,8 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => cli::bench::run(a),
         Cmd::Attack(a) => cli::attack::run(a),
         Cmd::Eval(a) => cli::eval::run(a),
+        Cmd::EvalVideo(a) => cli::eval_video::run(a),
+        Cmd::Fit(a) => cli::fit::run(a),
         Cmd::Alert(a) => cli::alert::run(a),
         Cmd::FetchClip(a) => cli::fetch_clip::run(a),
     };

@@ -152,6 +152,8 @@ fn ev(event_id: &str, seq: u32, phase: Phase, jpeg: Option<Arc<Vec<u8>>>) -> Eve
         frames_over: seq,
         top1: None,
         bbox: None,
+        top1_before: None,
+        signals: Vec::new(),
         snapshot_jpeg: jpeg,
         heatmap_png: None,
     }

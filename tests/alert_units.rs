@@ -30,6 +30,8 @@ pub fn ev(event_id: &str, seq: u32, phase: Phase, camera: &str) -> Event {
         frames_over: seq,
         top1: None,
         bbox: None,
+        top1_before: None,
+        signals: Vec::new(),
         snapshot_jpeg: None,
         heatmap_png: None,
     }

@@ -42,6 +42,8 @@ fn ev(event_id: &str, seq: u32) -> Event {
         frames_over: seq,
         top1: None,
         bbox: None,
+        top1_before: None,
+        signals: Vec::new(),
         snapshot_jpeg: if seq == 0 {
             Some(Arc::new(vec![0xFF, 0xD8, 0xFF, 0xD9]))
         } else {

@@ -8,10 +8,13 @@
 
 use advguard::attack::boundary::Boundary;
 use advguard::attack::deepfool::DeepFool;
+use advguard::attack::eot::{Adam, Jitter, Transform};
 use advguard::attack::fgsm::{MinimalFgsm, fgsm};
 use advguard::attack::gradient::GradientAttack;
 use advguard::attack::onepixel::OnePixel;
-use advguard::attack::patch::{Patch, PatchAttack, PatchConfig};
+use advguard::attack::patch::{
+    Patch, PatchAttack, PatchCache, PatchConfig, PatchKey, Placement, TrainStats,
+};
 use advguard::attack::pgd::Pgd;
 use advguard::attack::{Attack, Forward, Oracle, argmax};
 use advguard::engine::compile::{CompileOptions, Mode, Seed};
@@ -332,28 +335,81 @@ fn onepixel_changes_at_most_k_pixels_and_boundary_never_asks_for_gradients() {
     assert!(r.l2 >= 0.8 * n.l2_star());
 }
 
+/// Jittered copies of the linear network's clean image (8-bit).
+fn jittered(n: &Linear, k: usize, seed: u64) -> Vec<Array3<f32>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..k)
+        .map(|_| {
+            n.clean
+                .mapv(|v| (v + rng.random_range(-3.0f32..=3.0)).round())
+        })
+        .collect()
+}
+
+fn small_patch(target: Option<usize>, steps: u32) -> PatchConfig {
+    PatchConfig {
+        area: 0.25,
+        target,
+        steps,
+        batch: 2,
+        lr: 16.0,
+        jitter: Jitter::position_only(),
+    }
+}
+
+/// Share of `imgs` the patch fools, each at its own random placement.
+fn fooled(o: &mut Oracle, p: &Patch, imgs: &[Array3<f32>]) -> f64 {
+    let atk = PatchAttack { patch: p.clone() };
+    let ok = imgs
+        .iter()
+        .enumerate()
+        .filter(|(i, t)| atk.run(o, t.view(), A, *i as u64).unwrap().success)
+        .count();
+    ok as f64 / imgs.len() as f64
+}
+
 #[test]
 fn a_universal_patch_trained_on_some_images_flips_others() {
     let n = linear();
-    let mut rng = StdRng::seed_from_u64(11);
-    let mut jitter = || {
-        n.clean
-            .mapv(|v| (v + rng.random_range(-3.0f32..=3.0)).round())
-    };
-    let train: Vec<Array3<f32>> = (0..4).map(|_| jitter()).collect();
-    let test: Vec<Array3<f32>> = (0..3).map(|_| jitter()).collect();
-    let cfg = PatchConfig {
-        area: 0.25,
-        target: B,
-        steps: 40,
-        lr: 64.0,
-        scale: (1.0, 1.0),
-        rotation_deg: 0.0,
-    };
+    let train = jittered(&n, 4, 11);
+    let test = jittered(&n, 6, 12);
+    let labels = vec![A; train.len()];
     let mut o = n.oracle();
-    let patch = Patch::train(&mut o, &train, &cfg, 9, |_| {}).unwrap();
+    let (untrained, _) = Patch::train(
+        &mut o,
+        &train,
+        &labels,
+        &small_patch(Some(B), 0),
+        9,
+        |_, _| {},
+    )
+    .unwrap();
+    let before = o.calls();
+    let (patch, stats) = Patch::train(
+        &mut o,
+        &train,
+        &labels,
+        &small_patch(Some(B), 40),
+        9,
+        |_, _| {},
+    )
+    .unwrap();
+    // Each step: batch × (one forward, and one gradient unless the loss is flat).
+    let used = o.calls() - before;
+    assert_eq!(
+        (stats.forward_calls, stats.gradient_calls),
+        (used.forward, used.gradient)
+    );
+    assert_eq!(used.forward, 80);
+    assert!(used.gradient <= 80);
     assert_eq!(patch.side(), 4);
     check_8bit(&patch.pixels);
+    // Training raises held-out success over the untrained (random) patch of the same size.
+    let (s0, s1) = (
+        fooled(&mut o, &untrained, &test),
+        fooled(&mut o, &patch, &test),
+    );
+    assert!(s0 < 0.5 && s1 == 1.0, "untrained {s0}, trained {s1}");
     let atk = PatchAttack { patch };
     for (i, t) in test.iter().enumerate() {
         assert_eq!(argmax(&o.logits(t.view()).unwrap()), A);
@@ -376,6 +432,197 @@ fn a_universal_patch_trained_on_some_images_flips_others() {
         }
         assert!(r.success, "patch failed on held-out image {i}: {r:?}");
     }
+}
+
+#[test]
+fn an_untargeted_patch_lowers_the_true_class() {
+    let n = linear();
+    let train = jittered(&n, 4, 21);
+    let test = jittered(&n, 6, 22);
+    let labels = vec![A; train.len()];
+    let mut o = n.oracle();
+    let (p, _) = Patch::train(
+        &mut o,
+        &train,
+        &labels,
+        &small_patch(None, 40),
+        3,
+        |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(p.target, None);
+    assert_eq!(fooled(&mut o, &p, &test), 1.0);
+    // It lowered the label's margin on every held-out image.
+    for (i, t) in test.iter().enumerate() {
+        let r = PatchAttack { patch: p.clone() }
+            .run(&mut o, t.view(), A, i as u64)
+            .unwrap();
+        assert!(n.margin(&r.adversarial) < n.margin(t));
+    }
+}
+
+#[test]
+fn eot_transforms_stay_in_range_and_paste_8_bit() {
+    let j = Jitter::default();
+    assert_eq!((j.scale, j.rotation_deg), ((0.8, 1.2), 20.0));
+    let mut rng = StdRng::seed_from_u64(5);
+    let img = Array3::<f32>::from_elem((224, 224, 3), 100.0);
+    let side = Patch::side_for(0.05, 224);
+    assert_eq!(side, 50);
+    let cfg = PatchConfig {
+        area: 0.05,
+        ..PatchConfig::default()
+    };
+    let p = Patch::noise_sticker(&cfg, 224, 1);
+    let (mut lo, mut hi) = (f32::MAX, f32::MIN);
+    for _ in 0..300 {
+        let t = j.sample(side, 224, 224, &mut rng);
+        let pl = t.placement;
+        assert!((0.8..=1.2).contains(&pl.scale), "{t:?}");
+        assert!(pl.angle.abs() <= 20f32.to_radians() + 1e-6, "{t:?}");
+        assert!(
+            t.brightness.abs() <= j.brightness && (t.contrast - 1.0).abs() <= j.contrast + 1e-6
+        );
+        lo = lo.min(pl.scale);
+        hi = hi.max(pl.scale);
+        let (x, b) = p.apply_transform(img.view(), &t);
+        check_8bit(&x);
+        // The transformed patch stays inside the image, and its box covers about scale² × area.
+        assert!(b[0] + b[2] <= 224 && b[1] + b[3] <= 224, "{b:?}");
+        let changed = x.iter().zip(img.iter()).filter(|(a, b)| a != b).count();
+        let want = (side as f32 * pl.scale).powi(2) * 3.0;
+        assert!(
+            changed as f32 > 0.6 * want && (changed as f32) < 1.1 * want,
+            "{changed} vs {want}"
+        );
+        // Colour: the same affine change on every pasted pixel, rounded and clipped.
+        assert_eq!(
+            t.colour(127.5),
+            (127.5 + t.brightness).round().clamp(0.0, 255.0)
+        );
+    }
+    // The ranges are used, not only their centre.
+    assert!(lo < 0.85 && hi > 1.15, "{lo} {hi}");
+    // Clipped colours pass no gradient; unclipped ones pass the contrast.
+    let t = Transform {
+        placement: Placement {
+            cx: 0.0,
+            cy: 0.0,
+            scale: 1.0,
+            angle: 0.0,
+        },
+        brightness: 40.0,
+        contrast: 1.1,
+    };
+    assert_eq!(t.colour_grad(255.0), 0.0);
+    assert!((t.colour_grad(100.0) - 1.1).abs() < 1e-6);
+}
+
+#[test]
+fn adam_minimises_a_quadratic() {
+    let mut x = vec![5.0f32, -3.0];
+    let mut a = Adam::new(2);
+    for _ in 0..500 {
+        let g: Vec<f32> = x.iter().map(|v| 2.0 * (v - 1.0)).collect();
+        a.step(&mut x, &g, 0.05);
+    }
+    assert!(x.iter().all(|v| (v - 1.0).abs() < 0.05), "{x:?}");
+}
+
+#[test]
+fn the_patch_cache_hits_by_key_and_misses_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = PatchCache {
+        dir: dir.path().to_path_buf(),
+    };
+    let cfg = PatchConfig {
+        area: 0.02,
+        ..PatchConfig::default()
+    };
+    let key = PatchKey {
+        model: "squeezenet1.1".into(),
+        config: cfg.clone(),
+        seed: 3,
+        train_set: PatchKey::hash_names(["a.JPEG", "b.JPEG"]),
+        adaptive: None,
+    };
+    assert!(cache.get(&key).is_none(), "empty cache hit");
+    let p = Patch::noise_sticker(&cfg, 224, 4);
+    let stats = TrainStats {
+        seconds: 1.5,
+        forward_calls: 10,
+        gradient_calls: 9,
+        penalty_calls: 0,
+        train_success: 0.5,
+    };
+    cache.put(&key, &p, &stats).unwrap();
+    let (q, st) = cache.get(&key).expect("cache miss on the same key");
+    assert_eq!(q.pixels, p.pixels);
+    assert_eq!((st.forward_calls, st.gradient_calls), (10, 9));
+    assert_eq!(q.target, cfg.target);
+    // Any change of model, area, target, seed, recipe or training photos is another patch.
+    let mut other = vec![];
+    for f in 0..6 {
+        let mut k = key.clone();
+        match f {
+            0 => k.model = "mobilenet_v2".into(),
+            1 => k.config.area = 0.05,
+            2 => k.config.target = None,
+            3 => k.seed = 4,
+            4 => k.config.steps += 1,
+            _ => k.train_set = PatchKey::hash_names(["a.JPEG"]),
+        }
+        assert_ne!(k.stem(), key.stem());
+        assert!(cache.get(&k).is_none(), "hit on a different key {f}");
+        other.push(k);
+    }
+    // A torn write (metadata missing) is a miss, not a wrong patch.
+    std::fs::remove_file(dir.path().join(format!("{}.json", key.stem()))).unwrap();
+    assert!(cache.get(&key).is_none());
+}
+
+#[test]
+fn sticker_controls_are_pasted_like_the_patch() {
+    let cfg = PatchConfig {
+        area: 0.05,
+        ..PatchConfig::default()
+    };
+    let mut rng = StdRng::seed_from_u64(8);
+    let photo = Array3::from_shape_fn((224, 224, 3), |(y, x, c)| {
+        ((y * 3 + x * 5 + c * 7) % 256) as f32
+    });
+    let img = Array3::from_shape_fn((224, 224, 3), |_| rng.random_range(0.0f32..=255.0).round());
+    let noise = Patch::noise_sticker(&cfg, 224, 1);
+    let crop = Patch::photo_sticker(&cfg, photo.view(), 2);
+    let side = Patch::side_for(cfg.area, 224);
+    assert_eq!((noise.side(), crop.side()), (side, side));
+    check_8bit(&noise.pixels);
+    // The crop is a real window of the photo.
+    let found = (0..=224 - side).any(|y0| {
+        (0..=224 - side)
+            .any(|x0| photo.slice(ndarray::s![y0..y0 + side, x0..x0 + side, ..]) == crop.pixels)
+    });
+    assert!(found, "the photo sticker is not a crop of the photo");
+    // Same transformation, same footprint as a trained patch of that area.
+    let trained = Patch {
+        pixels: Array3::from_elem((side, side, 3), 7.0),
+        target: Some(859),
+        config: cfg.clone(),
+    };
+    for s in 0..20u64 {
+        let mut r1 = StdRng::seed_from_u64(s);
+        let mut r2 = StdRng::seed_from_u64(s);
+        let mut r3 = StdRng::seed_from_u64(s);
+        let t1 = trained.random_transform(224, 224, &mut r1);
+        let t2 = noise.random_transform(224, 224, &mut r2);
+        let t3 = crop.random_transform(224, 224, &mut r3);
+        assert_eq!(t1, t2);
+        assert_eq!(t1, t3);
+        let b1 = trained.apply_transform(img.view(), &t1).1;
+        assert_eq!(b1, noise.apply_transform(img.view(), &t2).1);
+        assert_eq!(b1, crop.apply_transform(img.view(), &t3).1);
+    }
+    assert_eq!((noise.target, crop.target), (None, None));
 }
 
 // ------------------------------------------------------------ metrics
@@ -504,6 +751,87 @@ fn cli_attack_and_eval_end_to_end_and_resume() {
     let o = run();
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(lines(&rep.join("records.jsonl")), n);
+}
+
+#[test]
+fn cli_eval_trains_patches_once_and_reports_stickers() {
+    // One photo trains (files sorted: the tench), two are judged.
+    let (dir, img, labels) = photos(&[
+        ("n01440764_tench.JPEG", 0),
+        ("n01530575_brambling.JPEG", 10),
+        ("n01532829_house_finch.JPEG", 12),
+    ]);
+    let cache = dir.path().join("cache");
+    let rep = dir.path().join("report");
+    let run = || {
+        bin()
+            .env("ADVGUARD_CACHE", &cache)
+            .args([
+                "eval",
+                "--attacks",
+                "patch,patch-untargeted,stickers",
+                "--jobs",
+                "1",
+            ])
+            .args([
+                "--patch-areas",
+                "5",
+                "--patch-train",
+                "1",
+                "--patch-steps",
+                "3",
+                "--patch-batch",
+                "1",
+            ])
+            .args(["--patch-untargeted-area", "5", "--images"])
+            .arg(&img)
+            .arg("--labels")
+            .arg(&labels)
+            .arg("-o")
+            .arg(&rep)
+            .output()
+            .unwrap()
+    };
+    let t = std::time::Instant::now();
+    let o = run();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let first = t.elapsed();
+    let pngs: Vec<_> = std::fs::read_dir(cache.join("patches"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "png"))
+        .collect();
+    assert_eq!(
+        pngs.len(),
+        2,
+        "one targeted and one untargeted patch in the cache"
+    );
+    let md = std::fs::read_to_string(rep.join("patch_table.md")).unwrap();
+    for col in [
+        "patch-5%",
+        "patch-untargeted-5%",
+        "sticker-noise-5%",
+        "sticker-photo-5%",
+        "concentration guided last-conv",
+    ] {
+        assert!(md.contains(col), "{col} missing from\n{md}");
+    }
+    assert!(rep.join("patch_table.csv").is_file());
+    // Every stickered photo is scored (a control is judged whether or not it fooled the model).
+    let recs = std::fs::read_to_string(rep.join("records.jsonl")).unwrap();
+    let stickers: Vec<&str> = recs.lines().filter(|l| l.contains("\"sticker-")).collect();
+    assert!(!stickers.is_empty());
+    assert!(
+        stickers.iter().all(|l| l.contains("\"values\"")),
+        "an unscored sticker"
+    );
+    // A fresh report folder reuses the cached patches: no training the second time.
+    std::fs::remove_dir_all(&rep).unwrap();
+    let o = run();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let again = std::fs::read_dir(cache.join("patches")).unwrap().count();
+    assert_eq!(again, 4, "the cache grew: a patch was retrained");
+    let _ = first;
 }
 
 #[test]

@@ -17,7 +17,7 @@ pub struct SinkLabel {
 /// Label: why something was dropped or suppressed.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
-    /// `spool_full`, `queue_full`, `spool_error`, `closed` (dropped) or
+    /// `spool_full`, `queue_full`, `spool_error`, `spool_corrupt`, `closed` (dropped) or
     /// `cooldown`, `throttle` (suppressed).
     pub reason: String,
 }

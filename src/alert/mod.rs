@@ -170,6 +170,16 @@ impl AlertHub {
             processed: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
         });
+        if let Some(s) = &spool_db {
+            let lost = s.recovery().lost;
+            if lost > 0 {
+                shared
+                    .metrics
+                    .dropped
+                    .get_or_create(&AlertMetrics::reason("spool_corrupt"))
+                    .inc_by(lost);
+            }
+        }
         let backoff = Backoff {
             initial: Duration::from_millis(spool.retry_initial_ms.max(1)),
             max: Duration::from_millis(spool.retry_max_ms.max(spool.retry_initial_ms).max(1)),
@@ -402,6 +412,22 @@ fn run_worker(mut sink: Box<dyn Sink>, ctx: WorkerCtx) {
         }
         let rec = match ctx.spool.next_for(&name) {
             Ok(r) => r,
+            Err(spool::SpoolError::Corrupt(seq, msg)) => {
+                // An unreadable record must not block the sink forever: skip it, counted.
+                tracing::error!(sink = %name, seq, "skipping corrupt spool record: {msg}");
+                match ctx.spool.skip_corrupt(&name, seq) {
+                    Ok(()) => ctx
+                        .shared
+                        .drop_event("spool_corrupt", &format!("seq {seq}")),
+                    Err(e) => {
+                        tracing::error!(sink = %name, "skipping corrupt spool record: {e}");
+                        if !ctx.sleep(Duration::from_secs(1), false) {
+                            break;
+                        }
+                    }
+                }
+                continue;
+            }
             Err(e) => {
                 tracing::error!(sink = %name, "reading spool: {e}");
                 if !ctx.sleep(Duration::from_secs(1), false) {
@@ -427,7 +453,11 @@ fn run_worker(mut sink: Box<dyn Sink>, ctx: WorkerCtx) {
                 failures = 0;
                 ctx.shared.metrics.delivered.get_or_create(&label).inc();
                 if let Err(e) = ctx.spool.ack(&name, rec.seq) {
+                    // Without the pause a failing spool (disk full) would redeliver in a loop.
                     tracing::error!(sink = %name, "recording delivery in spool: {e}");
+                    if !ctx.sleep(Duration::from_secs(1), false) {
+                        break;
+                    }
                 }
             }
             Err(e) => {

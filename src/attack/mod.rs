@@ -6,8 +6,10 @@
 //! [`Forward`], so they cannot ask for a gradient; [`Oracle`] counts calls by kind to prove it.
 //! Every attack returns 8-bit values (rounded, clipped) and is deterministic for its seed.
 
+pub mod adaptive;
 pub mod boundary;
 pub mod deepfool;
+pub mod eot;
 pub mod fgsm;
 pub mod gradient;
 pub mod onepixel;

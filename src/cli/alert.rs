@@ -167,6 +167,8 @@ fn test_events(count: u32, camera: &str) -> Vec<Event> {
                     prob: 1.0,
                 }),
                 bbox: Some([8, 8, 32, 24]),
+                top1_before: None,
+                signals: Vec::new(),
                 snapshot_jpeg: if att { jpeg.clone() } else { None },
                 heatmap_png: if att { png.clone() } else { None },
             }

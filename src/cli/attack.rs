@@ -2,7 +2,7 @@
 //! adversarial PNGs and a manifest.csv.
 
 use super::ModelArgs;
-use advguard::attack::patch::{Patch, PatchAttack, PatchConfig};
+use advguard::attack::patch::{Patch, PatchAttack, PatchCache, PatchConfig, PatchKey};
 use advguard::attack::{self, Attack, AttackOptions, Forward, Oracle, argmax};
 use advguard::engine::manifest::Manifest;
 use advguard::engine::preprocess::Preprocess;
@@ -46,6 +46,15 @@ pub struct Args {
     /// Patch: the first N images train the patch; the rest are attacked.
     #[arg(long, default_value_t = 100)]
     pub patch_train: usize,
+    /// Patch target class; `untargeted` lowers the true class instead.
+    #[arg(long, default_value = "859")]
+    pub patch_target: String,
+    /// Patch: transformed training images per optimiser step.
+    #[arg(long, default_value_t = 8)]
+    pub patch_batch: usize,
+    /// Patch: retrain even when the patch cache ($ADVGUARD_CACHE/patches) has this patch.
+    #[arg(long)]
+    pub no_cache: bool,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -152,6 +161,16 @@ struct Row<'a> {
     gradient_calls: u64,
 }
 
+/// `--patch-target`: a class index, or `untargeted`.
+pub fn parse_target(s: &str) -> anyhow::Result<Option<usize>> {
+    match s.trim() {
+        "untargeted" | "none" => Ok(None),
+        t => Ok(Some(t.parse().with_context(|| {
+            format!("--patch-target {t:?} is neither a class index nor `untargeted`")
+        })?)),
+    }
+}
+
 /// Runs `advguard attack`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let opts = AttackOptions {
@@ -179,18 +198,54 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .iter()
             .map(|l| load(&pre, &l.path))
             .collect::<anyhow::Result<_>>()?;
+        let labels: Vec<usize> = images[..n].iter().map(|l| l.label).collect();
         let mut cfg = PatchConfig {
             area: args.patch_area / 100.0,
+            target: parse_target(&args.patch_target)?,
+            batch: args.patch_batch,
             ..PatchConfig::default()
         };
         if let Some(b) = args.budget {
             cfg.steps = b;
         }
-        let bar = super::eval::bar(cfg.steps as u64, "training patch");
-        let patch = Patch::train(&mut oracle, &train, &cfg, args.rng_seed, |s| {
-            bar.set_position(s as u64)
-        })?;
-        bar.finish_and_clear();
+        let key = PatchKey {
+            model: manifest.name.clone(),
+            config: cfg.clone(),
+            seed: args.rng_seed,
+            train_set: PatchKey::hash_names(images[..n].iter().map(|l| l.name.as_str())),
+            adaptive: None,
+        };
+        let cache = PatchCache::default_dir();
+        let (patch, stats) = match cache.get(&key).filter(|_| !args.no_cache) {
+            Some(hit) => {
+                tracing::info!(dir = %cache.dir.display(), "patch from the cache");
+                hit
+            }
+            None => {
+                let bar = super::eval::bar(cfg.steps as u64, "training patch");
+                let r = Patch::train(
+                    &mut oracle,
+                    &train,
+                    &labels,
+                    &cfg,
+                    args.rng_seed,
+                    |s, ok| {
+                        bar.set_position(s as u64);
+                        bar.set_message(format!("train ok {ok:.2}"));
+                    },
+                )?;
+                bar.finish_and_clear();
+                cache.put(&key, &r.0, &r.1)?;
+                r
+            }
+        };
+        tracing::info!(
+            seconds = stats.seconds,
+            forward_calls = stats.forward_calls,
+            gradient_calls = stats.gradient_calls,
+            train_success = stats.train_success,
+            "patch trained"
+        );
         save_png(&patch.pixels, &args.output.join("patch.png"))?;
         (Box::new(PatchAttack { patch }), &images[n..])
     } else {

@@ -48,6 +48,7 @@ fn plan(
             model: args.model.model_name.clone(),
             detector: DetectorConfig::default_for(DetectorKind::Onset),
             overlay: None,
+            fused: None,
             inject: None,
         })
         .collect();

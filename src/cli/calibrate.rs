@@ -21,6 +21,10 @@ pub struct Args {
     /// Output profile TOML (cameras already in it are kept unless re-calibrated).
     #[arg(short, long, default_value = "profile.toml")]
     pub output: PathBuf,
+    /// Also calibrate the fused detector for this many false alarms per camera-hour (all its
+    /// signals together); such cameras then run the fused detector by default.
+    #[arg(long)]
+    pub budget: Option<f64>,
     /// Default detector stored for these cameras: onset, entropy, concentration.
     #[arg(long, default_value = "onset")]
     pub detector: DetectorKind,
@@ -30,6 +34,11 @@ pub struct Args {
 
 /// Runs `advguard calibrate`.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(b) = args.budget
+        && !(b > 0.0 && b.is_finite())
+    {
+        anyhow::bail!("--budget must be a number of false alarms per camera-hour > 0, got {b}");
+    }
     if !(args.fpr > 0.0 && args.fpr < 1.0) {
         anyhow::bail!(
             "--fpr must be between 0 and 1 (exclusive), got {}",
@@ -45,16 +54,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| args.model.model_name.clone());
         let size = model_size(&model).with_context(|| format!("camera {:?}", c.name))?;
-        // No events while calibrating.
-        let mut det = DetectorConfig::default_for(DetectorKind::Onset);
-        det.rule.threshold = f64::INFINITY;
-        det.rule.end_threshold = f64::INFINITY;
         cams.push(CameraPlan {
             name: c.name.clone(),
             spec: spec(c, &args.src, size)?,
             model,
-            detector: det,
+            // Not used: a calibration run (`collect`) scores frames and builds no detector.
+            detector: DetectorConfig::default_for(args.detector),
             overlay: None,
+            fused: None,
             inject: None,
         });
     }
@@ -97,7 +104,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             eprintln!("error: camera {name}: {e}");
             continue;
         }
-        let Some(p) = calibrate_camera(&s.frames, model, args.detector, every_nth, &params) else {
+        let Some(mut p) = calibrate_camera(&s.frames, model, args.detector, every_nth, &params)
+        else {
             eprintln!(
                 "error: camera {name}: too few frames to calibrate ({})",
                 s.frames.len()
@@ -124,6 +132,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             f(p.entropy.as_ref()),
             f(p.concentration.as_ref()),
         );
+        if let Some(b) = args.budget {
+            let samples: Vec<advguard::detector::budget::Sample> = s
+                .frames
+                .iter()
+                .map(|f| advguard::detector::budget::Sample {
+                    pts_ms: f.pts_ms,
+                    probs: f.probs.clone(),
+                    entropy: f.entropy,
+                    concentration: f.concentration,
+                    pixel_change: f.pixel_change,
+                })
+                .collect();
+            let c = advguard::detector::budget::calibrate(
+                &[samples],
+                &advguard::detector::FusedConfig::default(),
+                b,
+            );
+            for n in &c.notes {
+                if n.starts_with("warning") {
+                    tracing::warn!(camera = %name, "{n}");
+                } else {
+                    println!("  {name} fused {n}");
+                }
+            }
+            p.fused = Some(c.profile);
+        }
         profile.cameras.insert(name.clone(), p);
         done += 1;
     }

@@ -6,18 +6,18 @@
 //! worker thread per core, each with its own guards.
 
 use super::ModelArgs;
-use super::attack::{Labelled, job_seed, labelled_images, load, save_png};
-use advguard::attack::patch::{Patch, PatchAttack, PatchConfig};
+use super::attack::{Labelled, job_seed, labelled_images, load};
+use advguard::attack::adaptive::AdaptivePgd;
 use advguard::attack::{self, Attack, AttackOptions, Oracle};
 use advguard::engine::manifest::Manifest;
 use advguard::engine::{BackendKind, preprocess::Preprocess};
+use advguard::eval::combiner as combiner_eval;
 use advguard::eval::detectors::Scorer;
 use advguard::eval::report::{self, CLEAN, Record};
 use anyhow::{Context, bail};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// Arguments of `advguard eval`.
 #[derive(clap::Args)]
@@ -50,9 +50,11 @@ pub struct Args {
     /// The first N files (sorted) train the patch and are never evaluated.
     #[arg(long, default_value_t = 100)]
     pub patch_train: usize,
-    /// Patch training steps (one forward + one gradient call each).
-    #[arg(long, default_value_t = 300)]
+    /// Patch training steps (each: --patch-batch × (one forward + one gradient call)).
+    #[arg(long, default_value_t = 500)]
     pub patch_steps: u32,
+    #[command(flatten)]
+    pub patch: super::eval_patch::PatchArgs,
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub jobs: Option<usize>,
@@ -62,6 +64,23 @@ pub struct Args {
     /// Clean false-positive rate that fixes Table 2's threshold.
     #[arg(long, default_value_t = 0.05)]
     pub fpr: f64,
+    /// Also score the learned combiner's features (a median guard pass and a bit-depth forward
+    /// pass per image). Use a fresh report folder: cached images are not rescored.
+    #[arg(long)]
+    pub combiner_features: bool,
+    /// Profile with a combiner fitted by `advguard fit` (implies --combiner-features): adds its
+    /// row to the tables, refuses photos it was fitted on, and enables `--attacks adaptive-pgd`.
+    #[arg(long)]
+    pub combiner: Option<PathBuf>,
+    /// Adaptive PGD: weight of the combiner's gradient against the cross-entropy's.
+    #[arg(long, default_value_t = 1.0)]
+    pub adaptive_lambda: f32,
+    /// Adaptive PGD: SPSA probe pairs per step for the response statistics (0 = unattacked).
+    #[arg(long, default_value_t = 2)]
+    pub adaptive_spsa: u32,
+    /// Adaptive PGD: iterations.
+    #[arg(long, default_value_t = 20)]
+    pub adaptive_iters: u32,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -80,24 +99,32 @@ pub fn bar(n: u64, msg: &str) -> indicatif::ProgressBar {
 }
 
 /// One worker's engines.
-struct Worker {
-    oracle: Oracle,
+pub(super) struct Worker {
+    pub(super) oracle: Oracle,
     scorer: Scorer,
     pre: Preprocess,
 }
 
 #[derive(Clone)]
-struct Opener {
-    manifest: Manifest,
-    model: Option<PathBuf>,
-    backend: BackendKind,
+pub(super) struct Opener {
+    pub(super) manifest: Manifest,
+    pub(super) model: Option<PathBuf>,
+    pub(super) backend: BackendKind,
+    combiner_features: bool,
 }
 
 impl Opener {
     fn open(&self) -> anyhow::Result<Worker> {
         let oracle = Oracle::open(&self.manifest, self.model.as_deref(), self.backend)?;
         let pre = oracle.guard().preprocess().clone();
-        let scorer = Scorer::open(&self.manifest, self.model.as_deref(), self.backend)?;
+        let mut scorer = Scorer::open(&self.manifest, self.model.as_deref(), self.backend)?;
+        if self.combiner_features {
+            scorer = scorer.with_combiner_features(
+                &self.manifest,
+                self.model.as_deref(),
+                self.backend,
+            )?;
+        }
         Ok(Worker {
             oracle,
             scorer,
@@ -107,7 +134,7 @@ impl Opener {
 }
 
 /// Runs `jobs` on `n` threads, each with its own `Worker`; results arrive in `done` on this thread.
-fn pool<J: Send, R: Send>(
+pub(super) fn pool<J: Send, R: Send>(
     jobs: Vec<J>,
     n: usize,
     opener: &Opener,
@@ -202,9 +229,8 @@ fn attack_record(l: &Labelled, name: &str, r: &attack::AttackResult) -> Record {
     }
 }
 
-fn patch_name(area: f32) -> String {
-    format!("patch-{area}%")
-}
+/// The adaptive attacker's name in `--attacks`.
+const ADAPTIVE: &str = "adaptive-pgd";
 
 /// Runs `advguard eval`.
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -212,29 +238,68 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut names: Vec<String> = vec![];
     for a in &args.attacks {
         let a = a.trim();
-        if a == "patch" {
-            for &p in &args.patch_areas {
-                if !(p > 0.0 && p < 100.0) {
-                    bail!("--patch-areas: {p} is not a percentage between 0 and 100");
-                }
-                names.push(patch_name(p));
+        if let Some(v) = super::eval_patch::names(a, &args.patch_areas, &args.patch) {
+            names.extend(v?);
+        } else if a == ADAPTIVE {
+            if args.combiner.is_none() {
+                bail!("--attacks {ADAPTIVE} attacks a fitted combiner: pass --combiner PROFILE");
             }
+            names.push(a.to_string());
         } else {
             attack::by_name(a, &opts)?;
             names.push(a.to_string());
         }
     }
+    let comb = match &args.combiner {
+        Some(p) => {
+            let prof = advguard::detector::Profile::load(p)?;
+            let c = prof
+                .combiner(&args.model.model_name)
+                .cloned()
+                .with_context(|| {
+                    format!(
+                        "{} has no combiner for model {} (run `advguard fit` first)",
+                        p.display(),
+                        args.model.model_name
+                    )
+                })?;
+            Some(c)
+        }
+        None => None,
+    };
     if names.is_empty() {
         bail!("--attacks is empty");
     }
     let images = labelled_images(&args.images, &args.labels)?;
-    let n_train = if args.attacks.iter().any(|a| a == "patch") {
+    // Patches train on --patch-images, or else on the first --patch-train files here.
+    let wants_patch = super::eval_patch::wants_training(&names);
+    let n_train = if wants_patch && args.patch.patch_images.is_none() {
         args.patch_train.min(images.len().saturating_sub(1))
     } else {
         0
     };
     let (train, eval) = images.split_at(n_train);
+    let other_train = match (&args.patch.patch_images, &args.patch.patch_labels) {
+        (Some(d), Some(l)) if wants_patch => {
+            let mut v = labelled_images(d, l)?;
+            v.truncate(args.patch_train);
+            v
+        }
+        _ => vec![],
+    };
+    let train: &[Labelled] = if other_train.is_empty() {
+        train
+    } else {
+        &other_train
+    };
     let eval = &eval[..args.limit.unwrap_or(eval.len()).min(eval.len())];
+    if let Some(c) = &comb {
+        let n = combiner_eval::check_disjoint(c, eval.iter().map(|l| l.path.as_path()))?;
+        tracing::info!(
+            photos = n,
+            "none of the evaluated photos was used to fit the combiner"
+        );
+    }
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
     let cache = args.output.join("records.jsonl");
@@ -249,6 +314,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         manifest,
         model: args.model.model.clone(),
         backend: args.model.backend,
+        combiner_features: args.combiner_features || comb.is_some(),
     };
     let jobs = args
         .jobs
@@ -324,73 +390,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "clean images classified"
     );
 
-    // 2. Patches: trained on the training files only, cached as PNG.
-    let mut patches: HashMap<String, Arc<Patch>> = HashMap::new();
-    let mut train_secs: HashMap<String, f64> = HashMap::new();
-    let want: Vec<f32> = if n_train > 0 {
-        args.patch_areas.clone()
-    } else {
-        vec![]
-    };
-    let mut to_train = vec![];
-    for &area in &want {
-        let cfg = PatchConfig {
-            area: area / 100.0,
-            steps: args.patch_steps,
-            ..PatchConfig::default()
-        };
-        let png = args.output.join(format!("patch-{area}.png"));
-        let secs = args.output.join(format!("patch-{area}.seconds"));
-        if png.exists() {
-            let img = image::open(&png)
-                .with_context(|| format!("reading cached {}", png.display()))?
-                .to_rgb8();
-            patches.insert(
-                patch_name(area),
-                Arc::new(Patch {
-                    pixels: Preprocess::pixels(&img),
-                    target: cfg.target,
-                    config: cfg,
-                }),
-            );
-            let s = std::fs::read_to_string(&secs).unwrap_or_default();
-            train_secs.insert(patch_name(area), s.trim().parse().unwrap_or(0.0));
-        } else {
-            to_train.push((area, cfg, png, secs));
-        }
-    }
-    if !to_train.is_empty() {
-        let pb = bar(to_train.len() as u64, "train patches");
-        let train_px: Vec<_> = {
-            let pre = &opener.manifest.preprocess;
-            train
-                .iter()
-                .map(|l| load(pre, &l.path))
-                .collect::<anyhow::Result<_>>()?
-        };
-        let train_px = &train_px;
-        let seed = args.rng_seed;
-        pool(
-            to_train,
-            jobs,
-            &opener,
-            |w, (area, cfg, png, secs)| {
-                let t = std::time::Instant::now();
-                let p = Patch::train(&mut w.oracle, train_px, &cfg, seed, |_| {})?;
-                let s = t.elapsed().as_secs_f64();
-                save_png(&p.pixels, &png)?;
-                std::fs::write(&secs, format!("{s:.1}\n"))?;
-                Ok((area, p, s))
-            },
-            |(area, p, s)| {
-                pb.inc(1);
-                patches.insert(patch_name(area), Arc::new(p));
-                train_secs.insert(patch_name(area), s);
-                Ok(())
-            },
-        )?;
-        pb.finish_and_clear();
-    }
+    // 2. Patches: trained on the training photos only, kept in the patch cache.
+    let patches = super::eval_patch::prepare(
+        &names,
+        &args.patch,
+        args.patch_steps,
+        train,
+        &opener,
+        jobs,
+        args.rng_seed,
+    )?;
 
     // 3. Attacks on the correctly classified images; detector scores of the successful ones.
     let done: HashSet<(String, String)> = records
@@ -400,7 +409,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut todo: Vec<(&Labelled, String)> = vec![];
     for l in eval.iter().filter(|l| correct.contains(&l.name)) {
         for a in &names {
-            let is_target = patches.get(a).is_some_and(|p| p.target == l.label);
+            let is_target = patches.skips(a, l.label);
             if !done.contains(&(l.name.clone(), a.clone())) && !is_target {
                 todo.push((l, a.clone()));
             }
@@ -408,24 +417,43 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let pb = bar(todo.len() as u64, "attacks");
     let patches = &patches;
+    let adaptive = AdaptivePgd {
+        lambda: args.adaptive_lambda,
+        spsa: args.adaptive_spsa,
+        iters: args.adaptive_iters,
+        ..AdaptivePgd::default()
+    };
+    let adaptive = &adaptive;
+    let comb = &comb;
     pool(
         todo,
         jobs,
         &opener,
         |w, (l, a)| {
             let px = load(&w.pre, &l.path)?;
-            let atk: Box<dyn Attack> = match patches.get(&a) {
-                Some(p) => Box::new(PatchAttack {
-                    patch: (**p).clone(),
-                }),
+            let seed = job_seed(args.rng_seed, &l.name, &a);
+            if a == ADAPTIVE
+                && let (Some(c), Some((guided, forward))) = (&comb, w.scorer.combiner_guards())
+            {
+                let r = adaptive
+                    .run(&mut w.oracle, c, guided, forward, px.view(), l.label, seed)
+                    .with_context(|| format!("{a} on {}", l.name))?;
+                let mut rec = attack_record(l, &a, &r);
+                if r.success {
+                    rec.scores = Some(w.scorer.score(r.adversarial.view())?);
+                }
+                return Ok(rec);
+            }
+            let atk: Box<dyn Attack> = match patches.attack(&a, seed) {
+                Some(p) => p,
                 None => attack::by_name(&a, &opts)?,
             };
-            let seed = job_seed(args.rng_seed, &l.name, &a);
             let r = atk
                 .run(&mut w.oracle, px.view(), l.label, seed)
                 .with_context(|| format!("{a} on {}", l.name))?;
             let mut rec = attack_record(l, &a, &r);
-            if r.success {
+            // A sticker is a control: every stickered photo is scored, fooled or not.
+            if r.success || advguard::eval::patch::is_sticker(&a) {
                 rec.scores = Some(w.scorer.score(r.adversarial.view())?);
             }
             Ok(rec)
@@ -438,11 +466,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     pb.finish_and_clear();
 
     // 4. Tables and plots from everything cached for this image set.
-    let keep: Vec<Record> = records
+    let mut keep: Vec<Record> = records
         .into_iter()
         .filter(|r| eval_names.contains(r.file.as_str()))
         .collect();
-    let extra = |a: &str| train_secs.get(a).copied().unwrap_or(0.0);
+    if let Some(c) = comb {
+        let n = combiner_eval::add_scores(&mut keep, c);
+        tracing::info!(records = n, "combiner scored");
+    }
+    let extra = |a: &str| patches.train_seconds(a);
     let rep = report::build(&keep, &names, &args.detectors, args.fpr, &extra);
     let w = |f: &str, s: &str| {
         std::fs::write(args.output.join(f), s)
@@ -452,6 +484,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     w("table1.csv", &rep.table1_csv)?;
     w("table2.md", &rep.table2_md)?;
     w("table2.csv", &rep.table2_csv)?;
+    if args.combiner_features || comb.is_some() {
+        let md = combiner_eval::report_md(&keep, &names);
+        w("combiner.md", &md)?;
+        println!("{md}");
+    }
+    if wants_patch {
+        let dets = super::eval_patch::detectors(&keep, &args.detectors);
+        println!("{}", patches.report(&args.output, &keep, &names, &dets)?);
+    }
     report::plots(&args.output, &keep, &names)?;
     println!("{}", rep.table1_md);
     println!("{}", rep.table2_md);

@@ -1,10 +1,15 @@
 //! `advguard explain`: top-5, S̄ and the Figure-3 panel for photos.
 
 use super::ModelArgs;
+use advguard::detector::Profile;
+use advguard::detector::combiner::{self, Combiner};
+use advguard::engine::compile::{CompileOptions, Mode, Seed};
+use advguard::engine::manifest::Manifest;
+use advguard::engine::{Guard, GuardOptions};
 use advguard::engine::{preprocess::Preprocess, top_k};
 use advguard::response::{self, entropy};
 use anyhow::Context;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Arguments of `advguard explain`.
 #[derive(clap::Args)]
@@ -16,6 +21,10 @@ pub struct Args {
     /// `-o DIR/` or a path gets the image's stem appended.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// Profile with a combiner fitted by `advguard fit`: print each statistic's contribution
+    /// to the combiner's logit (runs the combiner's extra passes).
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -25,6 +34,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut guard = args.model.open()?;
     let cfg = args.model.response();
     let many = args.images.len() > 1;
+    let mut comb = match &args.profile {
+        Some(p) => Some(CombinerExplainer::open(p, &args.model)?),
+        None => None,
+    };
     for path in &args.images {
         let img = guard.preprocess().load_image(path)?;
         let px = Preprocess::pixels(&img);
@@ -46,6 +59,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "  mean local entropy S̄ = {:.4} bits ({} bins, {:?} gray); response concentration = {:.3} in box {:?}",
             stats.entropy, cfg.bins, cfg.gray, stats.concentration, stats.bbox
         );
+        if let Some(c) = comb.as_mut() {
+            c.explain(px.view())?;
+        }
         if let Some(o) = &args.output {
             let dest = panel_path(o, path, many);
             let rgb_resp = guard.preprocess().response_to_rgb(out.response.view());
@@ -92,5 +108,73 @@ fn panel_path(o: &std::path::Path, image: &std::path::Path, many: bool) -> PathB
         PathBuf::from(format!("{}-{stem}.png", base.display()))
     } else {
         o.to_path_buf()
+    }
+}
+
+/// The combiner and the two guards its passes need (guided last-conv and forward-only).
+struct CombinerExplainer {
+    combiner: Combiner,
+    guided: Guard,
+    forward: Guard,
+}
+
+impl CombinerExplainer {
+    fn open(profile: &Path, m: &ModelArgs) -> anyhow::Result<Self> {
+        let prof = Profile::load(profile)?;
+        let combiner = prof.combiner(&m.model_name).cloned().with_context(|| {
+            format!(
+                "{} has no combiner for model {} (run `advguard fit` first)",
+                profile.display(),
+                m.model_name
+            )
+        })?;
+        let manifest = Manifest::load(&m.model_name)?;
+        let mut opts = GuardOptions {
+            model_path: m.model.clone(),
+            backend: m.backend,
+            compile: Some(CompileOptions {
+                mode: Mode::Guided,
+                seed: Seed::LastConv,
+                input_shape: None,
+                ..Default::default()
+            }),
+        };
+        let guided = Guard::open(&manifest, &opts)?;
+        opts.compile = None;
+        let forward = Guard::open(&manifest, &opts)?;
+        Ok(CombinerExplainer {
+            combiner,
+            guided,
+            forward,
+        })
+    }
+
+    /// Prints each statistic, its contribution to the logit, and the sum.
+    fn explain(&mut self, px: ndarray::ArrayView3<f32>) -> anyhow::Result<()> {
+        let c = &self.combiner;
+        let (f, ms) =
+            combiner::frame_features(px, &mut self.guided, &mut self.forward, &c.passes())?;
+        let (logit, terms) = c.score(&f)?;
+        let verdict = if logit > c.fit.threshold_fpr1 {
+            "ADVERSARIAL"
+        } else {
+            "clean"
+        };
+        println!(
+            "  combiner logit = {logit:.4} ({verdict} at the fit's 1 % FPR threshold {:.4}); contributions:",
+            c.fit.threshold_fpr1
+        );
+        for (name, v) in &terms {
+            let raw = f
+                .values
+                .get(name)
+                .map_or(String::new(), |x| format!("  (value {x:.4})"));
+            println!("    {v:>+9.4}  {name}{raw}");
+        }
+        let sum: f64 = terms.iter().map(|t| t.1).sum();
+        println!("    {sum:>+9.4}  = sum (the logit)");
+        let passes: Vec<String> = ms.iter().map(|(k, v)| format!("{k} {v:.1} ms")).collect();
+        println!("  passes: {}", passes.join(", "));
+        Ok(())
     }
 }

@@ -6,8 +6,11 @@ pub mod bench;
 pub mod calibrate;
 pub mod compile;
 pub mod eval;
+pub mod eval_patch;
+pub mod eval_video;
 pub mod explain;
 pub mod fetch_clip;
+pub mod fit;
 pub mod score;
 pub mod watch;
 

@@ -1,7 +1,7 @@
 //! `advguard watch`: score cameras, streams and files live; events as JSON lines on stdout.
 
 use super::ModelArgs;
-use advguard::detector::{DetectorConfig, DetectorKind, Profile};
+use advguard::detector::{DetectorChoice, DetectorConfig, DetectorKind, FusedConfig, Profile};
 use advguard::engine::GuardOptions;
 use advguard::engine::compile::CompileOptions;
 use advguard::source::SourceSpec;
@@ -55,9 +55,10 @@ pub struct Args {
     /// Calibration profile from `advguard calibrate` (cameras without their own `profile`).
     #[arg(long)]
     pub profile: Option<PathBuf>,
-    /// Score that drives events: onset (default), entropy, concentration.
+    /// Detector: fused (every signal, one event per attack; the default for cameras calibrated
+    /// with `calibrate --budget`), onset (default otherwise), entropy, concentration.
     #[arg(long)]
-    pub detector: Option<DetectorKind>,
+    pub detector: Option<DetectorChoice>,
     /// Fixed start threshold (overrides the profile and the default).
     #[arg(long)]
     pub threshold: Option<f64>,
@@ -257,11 +258,34 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             None => None,
         };
-        let kind = c
-            .detector
-            .or(args.detector)
-            .or(prof.as_ref().map(|p| p.detector))
-            .unwrap_or_default();
+        let choice = c.detector.or(args.detector).or(prof.as_ref().map(|p| {
+            if p.fused.is_some() {
+                DetectorChoice::Fused
+            } else {
+                DetectorChoice::Single(p.detector)
+            }
+        }));
+        let fused = match choice {
+            Some(DetectorChoice::Fused) => {
+                if c.threshold.or(args.threshold).is_some() {
+                    anyhow::bail!(
+                        "camera {:?}: --threshold sets one score's threshold; the fused detector takes \
+                         its thresholds from `advguard calibrate --budget` (or its defaults)",
+                        c.name
+                    );
+                }
+                let mut f = prof
+                    .as_ref()
+                    .map_or_else(FusedConfig::default, FusedConfig::from_profile);
+                f.update_interval_ms = (args.update_secs * 1000.0) as u64;
+                Some(f)
+            }
+            _ => None,
+        };
+        let kind = match choice {
+            Some(DetectorChoice::Single(k)) => k,
+            _ => DetectorKind::default(),
+        };
         let mut det = match &prof {
             Some(p) => DetectorConfig::from_profile(kind, p),
             None => DetectorConfig::default_for(kind),
@@ -298,6 +322,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             model,
             detector: det,
             overlay,
+            fused,
             inject: args.inject.clone(),
         });
     }

@@ -8,6 +8,10 @@ use super::score::{jump, kl_divergence};
 /// One clean frame as calibration sees it.
 #[derive(Debug, Clone)]
 pub struct CleanFrame {
+    /// Stream time, ms.
+    pub pts_ms: u64,
+    /// Pixel change from the previous frame, gray levels.
+    pub pixel_change: Option<f64>,
     /// Softmax class distribution.
     pub probs: Vec<f32>,
     /// The paper's S̄.
@@ -160,6 +164,7 @@ pub fn calibrate_camera(
         onset: Some(onset),
         entropy: fixed(&ent),
         concentration: fixed(&con),
+        fused: None,
     })
 }
 
@@ -202,6 +207,8 @@ mod tests {
 
     fn frame(p: &[f32]) -> CleanFrame {
         CleanFrame {
+            pts_ms: 0,
+            pixel_change: None,
             probs: p.to_vec(),
             entropy: 1.0,
             concentration: 0.2,

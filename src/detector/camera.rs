@@ -82,6 +82,8 @@ pub struct FrameInput<'a> {
     pub top1: ClassGuess,
     /// Response box scaled to frame pixels.
     pub bbox: Option<[u32; 4]>,
+    /// Mean absolute change of the gray frame from the previous one, gray levels (scene cuts).
+    pub pixel_change: Option<f64>,
 }
 
 /// The detector's verdict on one frame.
@@ -293,6 +295,7 @@ mod tests {
                     prob: 0.5,
                 },
                 bbox: None,
+                pixel_change: None,
             };
             let o = d.observe(&input, &mut || (None, None));
             msgs.extend(o.events);
@@ -330,6 +333,7 @@ mod tests {
                 prob: 0.1,
             },
             bbox: Some([1, 2, 3, 4]),
+            pixel_change: None,
         };
         let o = d.observe(&input, &mut || (None, None));
         assert_eq!(o.events.len(), 1);

@@ -26,6 +26,19 @@ pub struct ClassGuess {
     pub prob: f32,
 }
 
+/// One signal's part in an event: why it fired.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignalNote {
+    /// Signal name ("onset", "patch", "entropy").
+    pub signal: String,
+    /// Its highest score during the event.
+    pub score: f64,
+    /// Its start threshold.
+    pub threshold: f64,
+    /// Stream time at which it fired, ms.
+    pub start_pts_ms: u64,
+}
+
 /// One message about one event. All phases of an event share `event_id`;
 /// `id` is unique per message and stable across redelivery, so receivers dedupe by it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,6 +79,12 @@ pub struct Event {
     pub top1: Option<ClassGuess>,
     /// Box where the response concentrates (x, y, w, h) in frame pixels, when known.
     pub bbox: Option<[u32; 4]>,
+    /// Top-1 class of the last frame before the event (the fused detector), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top1_before: Option<ClassGuess>,
+    /// Every signal that fired during the event, with its peak score and threshold (fused detector).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signals: Vec<SignalNote>,
     /// JPEG of the peak frame; delivered by sinks that carry attachments, never inside the JSON.
     #[serde(skip)]
     pub snapshot_jpeg: Option<Arc<Vec<u8>>>,

@@ -10,21 +10,65 @@
 //! ([`rule`]) and the open event ([`tracker`]). [`profile`] stores calibrated thresholds,
 //! [`calibrate`] computes them from clean footage.
 
+pub mod budget;
 pub mod calibrate;
 pub mod camera;
+pub mod combiner;
+pub mod cut;
 pub mod event;
+pub mod fused;
 pub mod profile;
 pub mod rule;
 pub mod score;
+pub mod state;
 pub mod tracker;
 
 pub use camera::{CameraDetector, DetectorConfig, FrameInput, Observation};
+pub use fused::{FusedConfig, FusedDetector, SignalKind};
 pub use profile::{CameraProfile, Profile};
 pub use score::FrameScores;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
+
+/// What a camera runs: the fused detector (every signal, one event per attack) or one score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DetectorChoice {
+    /// The fused detector ([`fused`]).
+    Fused,
+    /// One score with its own rule.
+    Single(DetectorKind),
+}
+
+impl FromStr for DetectorChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "fused" {
+            return Ok(DetectorChoice::Fused);
+        }
+        s.parse::<DetectorKind>()
+            .map(DetectorChoice::Single)
+            .map_err(|_| format!("unknown detector {s:?} (fused, onset, entropy, concentration)"))
+    }
+}
+
+impl TryFrom<String> for DetectorChoice {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<DetectorChoice> for String {
+    fn from(c: DetectorChoice) -> String {
+        match c {
+            DetectorChoice::Fused => "fused".into(),
+            DetectorChoice::Single(k) => k.name().into(),
+        }
+    }
+}
 
 /// Which per-frame score drives a camera's events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]

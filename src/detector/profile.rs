@@ -17,6 +17,8 @@
 //! ```
 
 use super::DetectorKind;
+use super::combiner::Combiner;
+use super::fused::{OnsetReference, SignalConfig, SignalKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -102,6 +104,61 @@ pub struct CameraProfile {
     /// Response-concentration calibration.
     #[serde(default)]
     pub concentration: Option<ScoreProfile>,
+    /// The fused detector's calibration (false-alarm budget shared among its signals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fused: Option<FusedProfile>,
+}
+
+/// One signal of the fused detector, as calibrated.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalProfile {
+    /// Start threshold.
+    pub threshold: f64,
+    /// End threshold.
+    pub end_threshold: f64,
+    /// Its share of the budget, false alarms per camera-hour.
+    pub budget_per_hour: f64,
+    /// False events per hour the threshold is expected to give (tail fit), per camera-hour.
+    pub expected_per_hour: f64,
+    /// Events it gave on the calibration footage at this threshold.
+    pub events_on_footage: u32,
+}
+
+impl SignalProfile {
+    /// The detector configuration of this signal: calibrated thresholds, default rule shape.
+    pub fn config(&self, kind: SignalKind) -> SignalConfig {
+        SignalConfig {
+            threshold: self.threshold,
+            end_threshold: self.end_threshold,
+            ..SignalConfig::default_for(kind)
+        }
+    }
+}
+
+/// The fused detector's calibration of one camera.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FusedProfile {
+    /// False alarms per camera-hour the thresholds were set for, all signals together.
+    pub budget_per_hour: f64,
+    /// Stream time of clean footage measured, hours.
+    pub hours: f64,
+    /// Onset reference.
+    #[serde(default)]
+    pub reference: OnsetReference,
+    /// Frames in the onset reference.
+    #[serde(default = "three")]
+    pub reference_frames: usize,
+    /// Scene-cut threshold, gray levels.
+    #[serde(default)]
+    pub cut_threshold: Option<f64>,
+    /// Per signal.
+    pub signals: BTreeMap<SignalKind, SignalProfile>,
+}
+
+fn three() -> usize {
+    3
 }
 
 fn one() -> u32 {
@@ -128,6 +185,9 @@ pub struct Profile {
     /// Cameras by name.
     #[serde(default)]
     pub cameras: BTreeMap<String, CameraProfile>,
+    /// Learned combiners by model name (see the combiner section below).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub combiners: BTreeMap<String, Combiner>,
 }
 
 impl Default for Profile {
@@ -135,6 +195,7 @@ impl Default for Profile {
         Profile {
             version: PROFILE_VERSION,
             cameras: BTreeMap::new(),
+            combiners: BTreeMap::new(),
         }
     }
 }
@@ -185,6 +246,23 @@ impl Profile {
     }
 }
 
+// ---- Combiner section (issue 12 §3) -------------------------------------------------------
+// A combiner is per model, not per camera: it is fitted on labelled photos (`advguard fit`),
+// while its alarm threshold is a camera's to calibrate like any other score.
+
+impl Profile {
+    /// The learned combiner of `model`, if one was fitted.
+    pub fn combiner(&self, model: &str) -> Option<&Combiner> {
+        self.combiners.get(model)
+    }
+
+    /// Stores (or replaces) the combiner of `model`.
+    pub fn set_combiner(&mut self, model: &str, c: Combiner) {
+        self.combiners.insert(model.to_string(), c);
+    }
+}
+// ---- end of the combiner section ------------------------------------------------------------
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +293,7 @@ mod tests {
                 }),
                 entropy: None,
                 concentration: None,
+                fused: None,
             },
         );
         let text = toml::to_string_pretty(&p).unwrap();

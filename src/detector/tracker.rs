@@ -79,6 +79,13 @@ impl EventTracker {
         self.open.is_some()
     }
 
+    /// Sets the detector name and threshold of the next messages (the fused detector names the
+    /// signal that opened the event).
+    pub fn set_detector(&mut self, detector: &str, threshold: f64) {
+        self.detector = detector.to_string();
+        self.threshold = threshold;
+    }
+
     /// Id of the open event.
     pub fn event_id(&self) -> Option<&str> {
         self.open.as_ref().map(|o| o.event_id.as_str())
@@ -177,6 +184,8 @@ impl EventTracker {
             frames_over: o.frames_over,
             top1: o.top1.clone(),
             bbox: o.bbox,
+            top1_before: None,
+            signals: Vec::new(),
             snapshot_jpeg: o.snapshot_jpeg.clone(),
             heatmap_png: o.heatmap_png.clone(),
         }

@@ -76,17 +76,26 @@ impl Preprocess {
 
     /// Loads a photo and fits it to the model input (size × size RGB8).
     pub fn load_image(&self, path: &Path) -> Result<image::RgbImage, ImageError> {
-        let img = image::ImageReader::open(path)
-            .and_then(|r| r.with_guessed_format())
-            .map_err(|e| ImageError::Decode {
-                path: path.display().to_string(),
-                msg: e.to_string(),
-            })?
+        let origin = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| ImageError::Decode {
+            path: origin.clone(),
+            msg: e.to_string(),
+        })?;
+        self.decode_image(&bytes, &origin)
+    }
+
+    /// Decodes photo bytes (format guessed from the content; `origin` names them in errors)
+    /// and fits them to the model input. The decoder's default memory limit applies.
+    pub fn decode_image(&self, bytes: &[u8], origin: &str) -> Result<image::RgbImage, ImageError> {
+        let err = |e: image::ImageError| ImageError::Decode {
+            path: origin.to_string(),
+            msg: e.to_string(),
+        };
+        let img = image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| err(e.into()))?
             .decode()
-            .map_err(|e| ImageError::Decode {
-                path: path.display().to_string(),
-                msg: e.to_string(),
-            })?;
+            .map_err(err)?;
         Ok(self.fit(&img.to_rgb8()))
     }
 

@@ -38,6 +38,9 @@ pub struct Scores {
     pub top1: usize,
     /// Its probability.
     pub top1_prob: f32,
+    /// Wall time of each engine pass, milliseconds (the combiner's cost in guard frames).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pass_ms: BTreeMap<String, f64>,
 }
 
 /// The guards the variants need (guided last-conv, guided top-1, plain last-conv).
@@ -45,6 +48,9 @@ pub struct Scorer {
     guided: Guard,
     top1: Guard,
     plain: Guard,
+    /// Forward-only classifier for the combiner's bit-depth pass; when set, the combiner's
+    /// features and extra passes are scored too.
+    forward: Option<Guard>,
 }
 
 fn open(
@@ -88,13 +94,43 @@ impl Scorer {
             guided: open(m, path, backend, Mode::Guided, Seed::LastConv)?,
             top1: open(m, path, backend, Mode::Guided, Seed::Top1)?,
             plain: open(m, path, backend, Mode::Plain, Seed::LastConv)?,
+            forward: None,
         })
+    }
+
+    /// Also scores the learned combiner's features (a median guard pass and a bit-depth
+    /// forward pass per image).
+    pub fn with_combiner_features(
+        mut self,
+        m: &Manifest,
+        path: Option<&Path>,
+        backend: BackendKind,
+    ) -> Result<Scorer, GuardError> {
+        self.forward = Some(Guard::open(
+            m,
+            &GuardOptions {
+                model_path: path.map(Path::to_path_buf),
+                backend,
+                compile: None,
+            },
+        )?);
+        Ok(self)
+    }
+
+    /// The guided last-conv guard and the forward guard (when combiner features are on).
+    pub fn combiner_guards(&mut self) -> Option<(&mut Guard, &mut Guard)> {
+        Some((&mut self.guided, self.forward.as_mut()?))
     }
 
     /// All variant scores of one H×W×3 image (0–255). Three guard calls.
     pub fn score(&mut self, px: ArrayView3<f32>) -> Result<Scores, GuardError> {
         let mut s = Scores::default();
+        let t0 = std::time::Instant::now();
         let g = self.guided.run_pixels(px)?;
+        s.pass_ms.insert(
+            super::combiner::PRIMARY_MS.into(),
+            t0.elapsed().as_secs_f64() * 1e3,
+        );
         let p = g.probs();
         let top = top_k(&p, 2);
         s.top1 = top[0];
@@ -104,6 +140,10 @@ impl Scorer {
             1.0 - (p[top[0]] - p[top[1]]) as f64,
         );
         entropy_variants(&mut s, "guided last-conv", &g.response, true);
+        if let Some(fwd) = self.forward.as_mut() {
+            let r = g.response.view();
+            super::combiner::insert_features(&mut s, px, &p, r, &mut self.guided, fwd)?;
+        }
         let t = self.top1.run_pixels(px)?;
         entropy_variants(&mut s, "guided top1", &t.response, false);
         let pl = self.plain.run_pixels(px)?;

@@ -3,8 +3,11 @@
 //! Scores are oriented so that higher means "adversarial"; thresholds come from clean
 //! scores only, so no number here is tuned on the adversarial images it judges.
 
+pub mod combiner;
 pub mod detectors;
 pub mod metrics;
+pub mod patch;
 pub mod plots;
 pub mod report;
 pub mod table;
+pub mod video;

@@ -43,6 +43,9 @@ pub enum OnnxError {
     /// The protobuf decoded but holds no graph.
     #[error("{origin}: not an ONNX model: it has no graph")]
     NoGraph { origin: String },
+    /// The graph is malformed (found by fuzzing: tract panics on these instead of erring).
+    #[error("{origin}: malformed ONNX graph: {msg}")]
+    Graph { origin: String, msg: String },
     /// A tensor could not be read (type, size or external data).
     #[error("tensor {name:?}: {msg}")]
     Tensor { name: String, msg: String },
@@ -75,8 +78,51 @@ fn decode_from(bytes: &[u8], origin: &str) -> Result<ModelProto, OnnxError> {
             });
         }
     }
+    check_graph(&model, origin)?;
     fp16_to_fp32(&mut model)?;
     Ok(model)
+}
+
+/// Checks what tract-onnx 0.23 panics on instead of erring (both found by fuzzing): a graph
+/// output that nothing produces (it indexes its name map with it), and a zero or negative
+/// stride, dilation, kernel size or group (it divides by them).
+fn check_graph(model: &ModelProto, origin: &str) -> Result<(), OnnxError> {
+    let Some(g) = &model.graph else {
+        return Ok(());
+    };
+    for n in &g.node {
+        for a in ["strides", "dilations", "kernel_shape"] {
+            if let Some(v) = get_ints(n, a)
+                && v.iter().any(|&x| x <= 0)
+            {
+                return Err(OnnxError::Graph {
+                    origin: origin.to_string(),
+                    msg: format!(
+                        "node {:?} ({}): {a} {v:?} must be positive",
+                        n.name, n.op_type
+                    ),
+                });
+            }
+        }
+        if get_int(n, "group").is_some_and(|x| x <= 0) {
+            return Err(OnnxError::Graph {
+                origin: origin.to_string(),
+                msg: format!("node {:?} ({}): group must be positive", n.name, n.op_type),
+            });
+        }
+    }
+    let produced = |name: &str| {
+        g.node.iter().any(|n| n.output.iter().any(|o| o == name))
+            || g.input.iter().any(|i| i.name == name)
+            || g.initializer.iter().any(|t| t.name == name)
+    };
+    match g.output.iter().find(|o| !produced(&o.name)) {
+        Some(o) => Err(OnnxError::Graph {
+            origin: origin.to_string(),
+            msg: format!("graph output {:?} is not produced by any node", o.name),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Encodes a model to protobuf bytes.

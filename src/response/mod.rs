@@ -3,6 +3,7 @@
 pub mod entropy;
 pub mod gray;
 pub mod region;
+pub mod squeeze;
 
 use ndarray::{Array2, ArrayView3};
 use serde::{Deserialize, Serialize};
@@ -44,16 +45,38 @@ pub struct FrameStats {
     pub gray: Array2<f32>,
 }
 
+impl FrameStats {
+    /// Statistics without a map (replayed from stored scores): the box and gray map are empty.
+    pub fn scalar(entropy: f64, concentration: f64) -> FrameStats {
+        FrameStats {
+            entropy,
+            concentration,
+            bbox: [0; 4],
+            gray: Array2::zeros((0, 0)),
+        }
+    }
+}
+
 /// Computes all statistics of a C×H×W response.
 pub fn analyze(response: ArrayView3<f32>, cfg: &ResponseConfig) -> FrameStats {
+    analyze_with_magnitude(response, cfg).0
+}
+
+/// [`analyze`], also handing back the |response| magnitude map it computed, so that callers
+/// that draw it (the overlay, event heat maps) do not compute it a second time.
+pub fn analyze_with_magnitude(
+    response: ArrayView3<f32>,
+    cfg: &ResponseConfig,
+) -> (FrameStats, Array2<f32>) {
     let gray = gray::gray_map(response, cfg.gray);
     let entropy = entropy::mean_local_entropy(gray.view(), cfg.bins);
     let mag = gray::magnitude(response);
     let (concentration, bbox) = region::best_window_share(mag.view(), cfg.window);
-    FrameStats {
+    let stats = FrameStats {
         entropy,
         concentration,
         bbox,
         gray,
-    }
+    };
+    (stats, mag)
 }

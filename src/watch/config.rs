@@ -9,7 +9,7 @@
 //! profile = "gate.toml"       # optional calibration profile
 //! every_nth = 2               # optional frame sampling
 //! max_fps = 10.0              # optional
-//! detector = "onset"          # optional: onset | entropy | concentration
+//! detector = "onset"          # optional: fused | onset | entropy | concentration
 //!
 //! [metrics]
 //! bind = "127.0.0.1:9464"
@@ -19,7 +19,7 @@
 //! Strings may use `${ENV_VAR}` (`$$` for a literal `$`), so secrets stay out of the file.
 
 use crate::alert::config::{AlertsConfig, SinkConfig, SpoolConfig, expand_env};
-use crate::detector::DetectorKind;
+use crate::detector::DetectorChoice;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -45,7 +45,7 @@ pub struct CameraConfig {
     pub max_fps: Option<f64>,
     /// The score that drives this camera's events.
     #[serde(default)]
-    pub detector: Option<DetectorKind>,
+    pub detector: Option<DetectorChoice>,
     /// Fixed start threshold (overrides the profile).
     #[serde(default)]
     pub threshold: Option<f64>,

@@ -26,6 +26,15 @@ pub struct EventLabel {
     pub phase: String,
 }
 
+/// Labels: camera and health state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    /// Camera name.
+    pub camera: String,
+    /// starting, running, reconnecting, failed or ended.
+    pub state: String,
+}
+
 /// A camera's name and its source's counters.
 type Tracked = (String, Arc<SourceStats>);
 
@@ -60,8 +69,10 @@ pub struct WatchMetrics {
     pub score: HistFamily,
     /// `advguard_events_total{camera,phase}`.
     pub events: Family<EventLabel, Counter>,
-    /// `advguard_camera_up{camera}`: 1 while the camera runs.
+    /// `advguard_camera_up{camera}`: 1 while the camera is `running` (frames arriving).
     pub up: Family<CamLabel, Gauge>,
+    /// `advguard_camera_state{camera,state}`: 1 for the camera's current health state, else 0.
+    pub state: Family<StateLabel, Gauge>,
     /// `advguard_camera_errors_total{camera}`.
     pub errors: Family<CamLabel, Counter>,
     sources: Arc<Mutex<Vec<Tracked>>>,
@@ -79,6 +90,7 @@ impl Default for WatchMetrics {
             score: Family::new_with_constructor(score_hist as fn() -> Histogram),
             events: Family::default(),
             up: Family::default(),
+            state: Family::default(),
             errors: Family::default(),
             sources: Arc::default(),
         }
@@ -128,7 +140,16 @@ impl WatchMetrics {
             self.score.clone(),
         );
         r.register("events", "Event messages by phase", self.events.clone());
-        r.register("camera_up", "1 while the camera runs", self.up.clone());
+        r.register(
+            "camera_up",
+            "1 while the camera is running (frames arriving)",
+            self.up.clone(),
+        );
+        r.register(
+            "camera_state",
+            "1 for the camera's health state (starting, running, reconnecting, failed, ended)",
+            self.state.clone(),
+        );
         r.register(
             "camera_errors",
             "Terminal camera errors",

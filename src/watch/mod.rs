@@ -1,46 +1,60 @@
-//! `advguard watch` wiring: sources → bounded channels → engine workers (one per core, each
-//! camera pinned to one worker so its frames stay in order) → per-camera detector → events
-//! (stdout JSON lines + the alert hub) and per-frame records (`--frames-out`).
+//! `advguard watch`, made of explicit stages (as Vector has sources → transforms → sinks):
 //!
 //! ```text
-//! source(cam A) ─┐ bounded          ┌─ worker 0: Guard, detectors of A, C ─┐
-//! source(cam C) ─┴─▶ chan 0 ───────▶│                                       ├─▶ output thread ─▶ stdout events
-//! source(cam B) ───▶ chan 1 ───────▶└─ worker 1: Guard, detector of B ─────┘      │              frames-out JSONL
-//!                                                                                  └─▶ AlertHub (spool → sinks)
+//! source(cam A) ─┐ bounded          ┌─ worker 0: Guard; A, C: CameraState → [FrameOutput] ─┐
+//! source(cam C) ─┴─▶ chan 0 ───────▶│                                                       ├─▶ Ctl: ready, ended
+//! source(cam B) ───▶ chan 1 ───────▶└─ worker 1: Guard; B:    CameraState → [FrameOutput] ─┘   (also on panic)
+//!     │                                                        outputs: metrics, events (stdout,
+//!     └─ SourceStats ─▶ HealthBoard ─▶ /healthz, metrics, logs          AlertHub), frames-out, collect, overlay
 //! ```
 //!
-//! Live sources never block on their channel (newest frame wins, drops counted by the
-//! source); file sources block (back-pressure). One camera's failure ends only that camera.
+//! - **Sources** (`crate::source`): one GStreamer pipeline and supervisor per camera. Live
+//!   sources never block on their channel (newest frame wins, drops counted by the source); file
+//!   sources block (back-pressure).
+//! - **Workers** (`worker`): one per core, each camera pinned to one worker so its frames stay in
+//!   order. A camera's [`pipeline`] scores each frame once (guard, response statistics and
+//!   magnitude) and drives its detector, a `Box<dyn CameraState>` from
+//!   [`crate::detector::state::for_camera`].
+//! - **Outputs** ([`output`]): a list of [`output::FrameOutput`]s per camera.
+//! - **Health** ([`health`]): one typed state per camera, the same for `/healthz`, the metrics
+//!   and the logs.
+//!
+//! One camera's failure ends only that camera. A worker that panics ends the run with an error
+//! naming the camera (its open events are closed first); it never hangs it.
 
 pub mod config;
+pub mod health;
 pub mod inject;
 pub mod metrics;
+pub mod output;
 pub mod overlay;
 pub mod overlay_rtsp;
+mod pipeline;
 pub mod server;
 mod worker;
 
-pub use worker::FrameRecord;
+pub use output::frames::FrameRecord;
+pub use worker::TEST_PANIC_ENV;
 
 use crate::alert::AlertHub;
 use crate::alert::config::{AlertsConfig, SinkConfig, SpoolConfig};
 use crate::detector::DetectorConfig;
 use crate::detector::calibrate::CleanFrame;
-use crate::detector::event::Event;
 use crate::engine::GuardOptions;
 use crate::response::ResponseConfig;
-use crate::source::{self, SourceHandle, SourceSpec};
+use crate::source::{self, SourceHandle, SourceMsg, SourceSpec};
 use anyhow::Context;
-use crossbeam_channel::RecvTimeoutError;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use health::{CameraHealth, HealthBoard};
 use inject::InjectSpec;
 use metrics::{WatchMetrics, cam};
 use prometheus_client::registry::Registry;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// One camera to watch.
@@ -52,8 +66,12 @@ pub struct CameraPlan {
     pub spec: SourceSpec,
     /// Model manifest name.
     pub model: String,
-    /// Detector settings (threshold from a profile or the defaults).
+    /// Detector settings (threshold from a profile or the defaults); unused in a calibration
+    /// run ([`WatchPlan::collect`]), which builds no detector.
     pub detector: DetectorConfig,
+    /// The fused detector's configuration; when set, the camera runs the fused detector
+    /// instead of the single score of `detector`.
+    pub fused: Option<crate::detector::FusedConfig>,
     /// `--overlay` output: a video file or a served RTSP mount.
     pub overlay: Option<OverlayTarget>,
     /// `--inject` attack stretch.
@@ -115,7 +133,8 @@ pub struct WatchPlan {
     pub metrics_addr: Option<String>,
     /// Stop each camera after this many scored frames.
     pub max_frames: Option<u64>,
-    /// Keep every scored frame's class distribution and statistics (for calibration).
+    /// Calibration run: every camera scores only (no detector, no thresholds, no events) and
+    /// keeps each frame's class distribution and statistics in [`CameraSummary::frames`].
     pub collect: bool,
 }
 
@@ -143,20 +162,33 @@ pub struct Summary {
     pub processed: u64,
 }
 
-pub(crate) enum Ctl {
-    Ready(usize, Result<(), String>),
-    Ended {
+/// Why a run ended with an error after it started.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// An engine worker panicked (a bug): the run stops instead of hanging.
+    #[error("camera {camera}: {message}")]
+    WorkerPanicked {
+        /// The camera being scored when it happened (or the first of the worker's cameras).
         camera: String,
-        processed: u64,
-        error: Option<String>,
+        /// What the worker reported, with the panic message.
+        message: String,
     },
 }
 
-pub(crate) enum Out {
-    Frame(Box<FrameRecord>),
-    Event(Box<Event>),
-    Clean(String, CleanFrame),
+/// What workers tell the run.
+pub(crate) enum Ctl {
+    /// A worker opened its models (or failed to).
+    Ready(usize, Result<(), String>),
+    /// A camera ended; exactly one per camera. `fatal`: its worker panicked.
+    Ended {
+        camera: String,
+        summary: CameraSummary,
+        fatal: bool,
+    },
 }
+
+/// How often the run looks at sources (health), the stop flag and worker reports.
+const TICK: Duration = Duration::from_millis(200);
 
 /// Runs until every camera has ended (file EOS, errors, `max_frames`) or `stop` is set
 /// (SIGINT/SIGTERM), then ends open events and flushes alerts.
@@ -164,291 +196,327 @@ pub fn run(plan: WatchPlan, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
     if plan.cameras.is_empty() {
         anyhow::bail!("no camera to watch: give SOURCE arguments or [[camera]] tables in --config");
     }
-    let metrics = WatchMetrics::default();
-    let mut registry = Registry::default();
-    metrics.register(&mut registry);
-    let hub = match &plan.alerts {
-        Some(a) => {
-            let h = AlertHub::start(&a.sinks, &a.spool, &a.alerts)?;
-            h.register_metrics(&mut registry);
-            Some(h)
+    let mut t = Topology::start(&plan)?;
+    let started = Instant::now();
+    let sources = t.start_sources(&plan);
+    let fatal = t.supervise(&stop, &sources);
+    t.shutdown(sources, fatal, started, stop.load(Ordering::SeqCst))
+}
+
+/// A camera's running source and whether it reconnects (live) or ends (file).
+struct Running {
+    handle: SourceHandle,
+    live: bool,
+}
+
+/// The wired stages of one run.
+struct Topology {
+    metrics: WatchMetrics,
+    health: HealthBoard,
+    hub: Option<AlertHub>,
+    server: Option<server::MetricsServer>,
+    workers: Vec<JoinHandle<()>>,
+    senders: Vec<Sender<SourceMsg>>,
+    ctl: Receiver<Ctl>,
+    /// Kept alive while the workers push into their mounts.
+    _overlay_servers: Vec<overlay_rtsp::RtspServer>,
+    summary: Summary,
+    ended: usize,
+}
+
+impl Topology {
+    /// Metrics, health, alert hub, overlay servers, workers (ready) and the metrics server.
+    fn start(plan: &WatchPlan) -> anyhow::Result<Topology> {
+        let metrics = WatchMetrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let hub = match &plan.alerts {
+            Some(a) => {
+                let h = AlertHub::start(&a.sinks, &a.spool, &a.alerts)?;
+                h.register_metrics(&mut registry);
+                Some(h)
+            }
+            None => None,
+        };
+        let health = HealthBoard::new(
+            plan.cameras.iter().map(|c| c.name.as_str()),
+            metrics.clone(),
+        );
+        let (overlay_servers, mut mounts) = serve_overlays(plan)?;
+        let frames_out = match &plan.frames_out {
+            Some(p) => Some(
+                output::frames::FramesFile::create(p)
+                    .with_context(|| format!("--frames-out {}", p.display()))?,
+            ),
+            None => None,
+        };
+        let shared = output::Shared {
+            metrics: metrics.clone(),
+            events_stdout: plan.events_stdout,
+            alerts: hub.as_ref().map(|h| h.handle()),
+            frames_out,
+            collect: plan.collect,
+        };
+        // Workers: camera i → worker i mod n. Only workers hold `ctl` senders, so the channel
+        // disconnects once every worker is gone, however it went.
+        let n = plan.workers.clamp(1, plan.cameras.len());
+        let (ctl_tx, ctl) = crossbeam_channel::unbounded::<Ctl>();
+        let mut senders = Vec::new();
+        let mut workers = Vec::new();
+        for w in 0..n {
+            let cams: Vec<CameraPlan> = plan
+                .cameras
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % n == w)
+                .map(|(_, c)| c.clone())
+                .collect();
+            let rtsp_overlays = cams
+                .iter()
+                .filter_map(|c| mounts.remove(&c.name).map(|o| (c.name.clone(), o)))
+                .collect();
+            // Two slots per camera: a live source's frame never waits behind more than one other.
+            let (tx, rx) = crossbeam_channel::bounded(2 * cams.len().max(1));
+            senders.push(tx);
+            workers.push(worker::spawn(worker::WorkerCtx {
+                index: w,
+                cameras: cams,
+                guard: plan.guard.clone(),
+                default_model: plan.default_model.clone(),
+                response: plan.response.clone(),
+                max_frames: plan.max_frames,
+                collect: plan.collect,
+                rx,
+                ctl: ctl_tx.clone(),
+                shared: shared.clone(),
+                rtsp_overlays,
+            })?);
         }
-        None => None,
-    };
-    let health: server::Health = Arc::new(Mutex::new(
-        plan.cameras
-            .iter()
-            .map(|c| (c.name.clone(), "starting".to_string()))
-            .collect(),
-    ));
-    for c in &plan.cameras {
-        metrics.up.get_or_create(&cam(&c.name)).set(0);
+        drop(ctl_tx);
+        drop(shared);
+        if let Err(e) = wait_ready(&ctl, n) {
+            drop(senders);
+            for w in workers {
+                let _ = w.join();
+            }
+            if let Some(h) = hub {
+                h.shutdown(Duration::from_secs(2));
+            }
+            anyhow::bail!(e);
+        }
+        let server = match &plan.metrics_addr {
+            Some(addr) => {
+                let s =
+                    server::MetricsServer::start(addr, registry, metrics.clone(), health.clone())?;
+                tracing::info!("metrics on http://{}/metrics and /healthz", s.addr());
+                Some(s)
+            }
+            None => None,
+        };
+        Ok(Topology {
+            metrics,
+            health,
+            hub,
+            server,
+            workers,
+            senders,
+            ctl,
+            _overlay_servers: overlay_servers,
+            summary: Summary::default(),
+            ended: 0,
+        })
     }
 
-    // RTSP overlay servers (one per address) and a mount per camera, before the workers
-    // that feed them.
-    let mut overlay_servers: HashMap<(String, u16), overlay_rtsp::RtspServer> = HashMap::new();
-    let mut rtsp_overlays: HashMap<String, overlay_rtsp::RtspOverlay> = HashMap::new();
+    /// Spawns every camera's source; a camera whose source cannot start has failed.
+    fn start_sources(&mut self, plan: &WatchPlan) -> HashMap<String, Running> {
+        let n = self.senders.len();
+        let mut running = HashMap::new();
+        for (i, c) in plan.cameras.iter().enumerate() {
+            let mut spec = c.spec.clone();
+            spec.name = c.name.clone();
+            let live = spec.validate().is_ok_and(|k| k.is_live());
+            match source::spawn(spec, self.senders[i % n].clone()) {
+                Ok(h) => {
+                    self.metrics.track_source(&c.name, h.stats());
+                    tracing::info!(camera = %c.name, source = %source::redact(&c.spec.uri),
+                        model = %c.model, "watching");
+                    running.insert(c.name.clone(), Running { handle: h, live });
+                }
+                Err(e) => {
+                    let summary = CameraSummary {
+                        error: Some(e.to_string()),
+                        ..Default::default()
+                    };
+                    self.record(&c.name, summary);
+                }
+            }
+        }
+        // The sources hold the only senders now: when they are gone, the workers drain and end.
+        self.senders.clear();
+        running
+    }
+
+    /// Books a camera's end: summary, health, error metric and log.
+    fn record(&mut self, camera: &str, summary: CameraSummary) {
+        match &summary.error {
+            Some(e) => {
+                tracing::error!(camera = %camera, "{e}");
+                self.metrics.errors.get_or_create(&cam(camera)).inc();
+                self.health.set(camera, CameraHealth::Failed);
+            }
+            None => {
+                tracing::info!(camera = %camera, processed = summary.processed, "camera ended");
+                self.health.set(camera, CameraHealth::Ended);
+            }
+        }
+        self.summary.cameras.insert(camera.to_string(), summary);
+        self.ended += 1;
+    }
+
+    /// Follows the run until every camera has ended, `stop` is set, or a worker panicked (the
+    /// error returned); meanwhile keeps each camera's health in step with its source.
+    fn supervise(
+        &mut self,
+        stop: &AtomicBool,
+        sources: &HashMap<String, Running>,
+    ) -> Option<WatchError> {
+        let total = self.health.snapshot().len();
+        while self.ended < total {
+            if stop.load(Ordering::SeqCst) {
+                tracing::info!("shutting down: ending open events");
+                return None;
+            }
+            match self.ctl.recv_timeout(TICK) {
+                Ok(Ctl::Ended {
+                    camera,
+                    summary,
+                    fatal,
+                }) => {
+                    if let Some(r) = sources.get(&camera) {
+                        r.handle.stop();
+                    }
+                    let message = summary.error.clone().unwrap_or_default();
+                    self.record(&camera, summary);
+                    if fatal {
+                        tracing::error!(camera = %camera, "stopping every camera: an engine worker panicked");
+                        return Some(WatchError::WorkerPanicked { camera, message });
+                    }
+                }
+                Ok(Ctl::Ready(..)) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    tracing::error!("every engine worker is gone before its cameras ended");
+                    return None;
+                }
+            }
+            for (name, r) in sources {
+                if !self.health.get(name).is_some_and(CameraHealth::is_terminal) {
+                    let state = CameraHealth::of_source(&r.handle.stats(), r.live);
+                    self.health.set(name, state);
+                }
+            }
+        }
+        None
+    }
+
+    /// Stops and joins the sources, lets the workers drain and end their cameras, then
+    /// flushes the alerts and stops the metrics server.
+    fn shutdown(
+        mut self,
+        sources: HashMap<String, Running>,
+        mut fatal: Option<WatchError>,
+        started: Instant,
+        was_stopped: bool,
+    ) -> anyhow::Result<Summary> {
+        for r in sources.values() {
+            r.handle.stop();
+        }
+        for (_, r) in sources {
+            r.handle.join();
+        }
+        for (i, w) in std::mem::take(&mut self.workers).into_iter().enumerate() {
+            if w.join().is_err() {
+                // Only a panic inside the worker's own panic report gets here.
+                tracing::error!(worker = i, "engine worker died without reporting");
+                fatal.get_or_insert(WatchError::WorkerPanicked {
+                    camera: "?".into(),
+                    message: format!("engine worker {i} died without reporting its cameras"),
+                });
+            }
+        }
+        while let Ok(m) = self.ctl.try_recv() {
+            if let Ctl::Ended {
+                camera,
+                summary,
+                fatal: f,
+            } = m
+            {
+                if f && fatal.is_none() {
+                    let message = summary.error.clone().unwrap_or_default();
+                    fatal = Some(WatchError::WorkerPanicked {
+                        camera: camera.clone(),
+                        message,
+                    });
+                }
+                self.record(&camera, summary);
+            }
+        }
+        let mut summary = std::mem::take(&mut self.summary);
+        summary.processed = summary.cameras.values().map(|c| c.processed).sum();
+        summary.wall_s = started.elapsed().as_secs_f64();
+        if let Some(h) = self.hub.take() {
+            h.shutdown(Duration::from_secs(if was_stopped { 3 } else { 10 }));
+        }
+        if let Some(s) = self.server.take() {
+            s.stop();
+        }
+        match fatal {
+            Some(e) => Err(e.into()),
+            None => Ok(summary),
+        }
+    }
+}
+
+/// Waits until every worker opened its models; the first failure is the error.
+fn wait_ready(ctl: &Receiver<Ctl>, workers: usize) -> Result<(), String> {
+    let mut error = None;
+    for _ in 0..workers {
+        match ctl.recv() {
+            Ok(Ctl::Ready(_, Ok(()))) => {}
+            Ok(Ctl::Ready(w, Err(e))) => {
+                tracing::debug!(worker = w, "engine worker failed to start");
+                error.get_or_insert(e);
+            }
+            Ok(Ctl::Ended { .. }) => {}
+            Err(_) => {
+                error.get_or_insert("engine workers ended before they were ready".to_string());
+                break;
+            }
+        }
+    }
+    error.map_or(Ok(()), Err)
+}
+
+type OverlayServers = (
+    Vec<overlay_rtsp::RtspServer>,
+    HashMap<String, overlay_rtsp::RtspOverlay>,
+);
+
+/// RTSP overlay servers (one per address) and a mount per camera, before the workers that
+/// feed them.
+fn serve_overlays(plan: &WatchPlan) -> anyhow::Result<OverlayServers> {
+    let mut servers: HashMap<(String, u16), overlay_rtsp::RtspServer> = HashMap::new();
+    let mut mounts = HashMap::new();
     for c in &plan.cameras {
         if let Some(OverlayTarget::Rtsp(t)) = &c.overlay {
-            let server = match overlay_servers.entry((t.host.clone(), t.port)) {
+            let server = match servers.entry((t.host.clone(), t.port)) {
                 Entry::Occupied(o) => o.into_mut(),
                 Entry::Vacant(v) => {
                     v.insert(overlay_rtsp::RtspServer::start(&t.host, t.port).context("--overlay")?)
                 }
             };
-            let mount = server.mount(&t.path, c.spec.size);
+            mounts.insert(c.name.clone(), server.mount(&t.path, c.spec.size));
             tracing::info!(camera = %c.name, "explain view served at {}", t.url());
-            rtsp_overlays.insert(c.name.clone(), mount);
         }
     }
-
-    // Workers: camera i → worker i mod n.
-    let n = plan.workers.clamp(1, plan.cameras.len());
-    let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded::<Ctl>();
-    let (out_tx, out_rx) = crossbeam_channel::bounded::<Out>(4096);
-    let mut senders = Vec::new();
-    let mut workers = Vec::new();
-    for w in 0..n {
-        let cams: Vec<CameraPlan> = plan
-            .cameras
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| i % n == w)
-            .map(|(_, c)| c.clone())
-            .collect();
-        let cams_rtsp: HashMap<String, overlay_rtsp::RtspOverlay> = cams
-            .iter()
-            .filter_map(|c| rtsp_overlays.remove(&c.name).map(|o| (c.name.clone(), o)))
-            .collect();
-        // Two slots per camera: a live source's frame never waits behind more than one other.
-        let (tx, rx) = crossbeam_channel::bounded(2 * cams.len().max(1));
-        senders.push(tx);
-        let ctx = worker::WorkerCtx {
-            index: w,
-            cameras: cams,
-            guard: plan.guard.clone(),
-            default_model: plan.default_model.clone(),
-            response: plan.response.clone(),
-            max_frames: plan.max_frames,
-            collect: plan.collect,
-            rx,
-            out: out_tx.clone(),
-            ctl: ctl_tx.clone(),
-            metrics: metrics.clone(),
-            rtsp_overlays: cams_rtsp,
-        };
-        workers.push(
-            std::thread::Builder::new()
-                .name(format!("engine-{w}"))
-                .spawn(move || worker::run(ctx))?,
-        );
-    }
-    drop(out_tx);
-    let mut ready = 0;
-    let mut open_error = None;
-    while ready < n {
-        match ctl_rx.recv() {
-            Ok(Ctl::Ready(_, Ok(()))) => ready += 1,
-            Ok(Ctl::Ready(w, Err(e))) => {
-                tracing::debug!(worker = w, "engine worker failed to start");
-                open_error.get_or_insert(e);
-                ready += 1;
-            }
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    if let Some(e) = open_error {
-        drop(senders);
-        for w in workers {
-            let _ = w.join();
-        }
-        if let Some(h) = hub {
-            h.shutdown(Duration::from_secs(2));
-        }
-        anyhow::bail!(e);
-    }
-
-    // Output: stdout events, frames-out, alerts, calibration frames.
-    let frames_out = match &plan.frames_out {
-        Some(p) => Some(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("--frames-out {}", p.display()))?,
-        )),
-        None => None,
-    };
-    let alert_handle = hub.as_ref().map(|h| h.handle());
-    let events_stdout = plan.events_stdout;
-    let collect = plan.collect;
-    let output = std::thread::Builder::new()
-        .name("output".into())
-        .spawn(move || output_loop(out_rx, frames_out, events_stdout, alert_handle, collect))?;
-
-    let server = match &plan.metrics_addr {
-        Some(addr) => {
-            let s = server::MetricsServer::start(addr, registry, metrics.clone(), health.clone())?;
-            tracing::info!("metrics on http://{}/metrics and /healthz", s.addr());
-            Some(s)
-        }
-        None => None,
-    };
-
-    // Sources.
-    let started = Instant::now();
-    let mut handles: HashMap<String, SourceHandle> = HashMap::new();
-    let mut summary = Summary::default();
-    let mut ended = 0usize;
-    let set_health = |name: &str, state: &str| {
-        if let Ok(mut h) = health.lock() {
-            h.insert(name.to_string(), state.to_string());
-        }
-    };
-    for (i, c) in plan.cameras.iter().enumerate() {
-        let mut spec = c.spec.clone();
-        spec.name = c.name.clone();
-        match source::spawn(spec, senders[i % n].clone()) {
-            Ok(h) => {
-                metrics.track_source(&c.name, h.stats());
-                metrics.up.get_or_create(&cam(&c.name)).set(1);
-                set_health(&c.name, "running");
-                tracing::info!(camera = %c.name, source = %source::redact(&c.spec.uri), model = %c.model,
-                    detector = %c.detector.kind, threshold = c.detector.rule.threshold,
-                    threshold_from = c.detector.source, "watching");
-                handles.insert(c.name.clone(), h);
-            }
-            Err(e) => {
-                tracing::error!(camera = %c.name, "{e}");
-                metrics.errors.get_or_create(&cam(&c.name)).inc();
-                set_health(&c.name, "failed");
-                summary.cameras.entry(c.name.clone()).or_default().error = Some(e.to_string());
-                ended += 1;
-            }
-        }
-    }
-    drop(senders);
-
-    let total = plan.cameras.len();
-    let mut was_stopped = false;
-    while ended < total {
-        if stop.load(Ordering::SeqCst) {
-            was_stopped = true;
-            tracing::info!("shutting down: ending open events");
-            break;
-        }
-        match ctl_rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(Ctl::Ended {
-                camera,
-                processed,
-                error,
-            }) => {
-                ended += 1;
-                metrics.up.get_or_create(&cam(&camera)).set(0);
-                let s = summary.cameras.entry(camera.clone()).or_default();
-                s.processed = processed;
-                match &error {
-                    Some(e) => {
-                        tracing::error!(camera = %camera, "{e}");
-                        metrics.errors.get_or_create(&cam(&camera)).inc();
-                        set_health(&camera, "failed");
-                        s.error = Some(e.clone());
-                    }
-                    None => {
-                        tracing::info!(camera = %camera, processed, "camera ended");
-                        set_health(&camera, "ended");
-                    }
-                }
-                if let Some(h) = handles.get(&camera) {
-                    h.stop();
-                }
-            }
-            Ok(Ctl::Ready(..)) => {}
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    // Stop and join every source; their channel senders go with them, so the workers drain,
-    // end any open event and exit.
-    for h in handles.values() {
-        h.stop();
-    }
-    for (_, h) in handles {
-        h.join();
-    }
-    for w in workers {
-        let _ = w.join();
-    }
-    while let Ok(m) = ctl_rx.try_recv() {
-        if let Ctl::Ended {
-            camera, processed, ..
-        } = m
-        {
-            summary.cameras.entry(camera).or_default().processed = processed;
-        }
-    }
-    let collected = output.join().unwrap_or_default();
-    for (name, (events, frames)) in collected {
-        let s = summary.cameras.entry(name).or_default();
-        s.events = events;
-        s.frames = frames;
-    }
-    summary.processed = summary.cameras.values().map(|c| c.processed).sum();
-    summary.wall_s = started.elapsed().as_secs_f64();
-    if let Some(h) = hub {
-        h.shutdown(Duration::from_secs(if was_stopped { 3 } else { 10 }));
-    }
-    if let Some(s) = server {
-        s.stop();
-    }
-    Ok(summary)
-}
-
-type Collected = HashMap<String, (u64, Vec<CleanFrame>)>;
-
-fn output_loop(
-    rx: crossbeam_channel::Receiver<Out>,
-    mut frames_out: Option<std::io::BufWriter<std::fs::File>>,
-    events_stdout: bool,
-    alerts: Option<crate::alert::AlertHandle>,
-    collect: bool,
-) -> Collected {
-    let mut acc: Collected = HashMap::new();
-    let stdout = std::io::stdout();
-    let mut last_flush = Instant::now();
-    for m in rx {
-        match m {
-            Out::Frame(r) => {
-                if let Some(w) = frames_out.as_mut() {
-                    if let Ok(line) = serde_json::to_string(&r) {
-                        let _ = writeln!(w, "{line}");
-                    }
-                    if last_flush.elapsed() > Duration::from_secs(1) {
-                        let _ = w.flush();
-                        last_flush = Instant::now();
-                    }
-                }
-            }
-            Out::Event(ev) => {
-                if ev.phase == crate::detector::event::Phase::Start {
-                    acc.entry(ev.camera.clone()).or_default().0 += 1;
-                }
-                if events_stdout && let Ok(line) = serde_json::to_string(&ev) {
-                    let mut o = stdout.lock();
-                    let _ = writeln!(o, "{line}");
-                    let _ = o.flush();
-                }
-                if let Some(a) = &alerts {
-                    a.submit(*ev);
-                }
-            }
-            Out::Clean(camera, f) => {
-                if collect {
-                    acc.entry(camera).or_default().1.push(f);
-                }
-            }
-        }
-    }
-    if let Some(w) = frames_out.as_mut() {
-        let _ = w.flush();
-    }
-    acc
+    Ok((servers.into_values().collect(), mounts))
 }

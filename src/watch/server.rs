@@ -1,16 +1,13 @@
 //! `/metrics` (Prometheus text format) and `/healthz` over tiny_http.
 
+use super::health::HealthBoard;
 use super::metrics::WatchMetrics;
 use prometheus_client::registry::Registry;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
-
-/// Camera states shown by `/healthz`.
-pub type Health = Arc<Mutex<BTreeMap<String, String>>>;
 
 /// A running metrics server.
 pub struct MetricsServer {
@@ -25,7 +22,7 @@ impl MetricsServer {
         addr: &str,
         registry: Registry,
         metrics: WatchMetrics,
-        health: Health,
+        health: HealthBoard,
     ) -> anyhow::Result<MetricsServer> {
         let server = tiny_http::Server::http(addr)
             .map_err(|e| anyhow::anyhow!("metrics: cannot listen on {addr}: {e}"))?;
@@ -71,7 +68,12 @@ impl MetricsServer {
     }
 }
 
-fn answer(req: tiny_http::Request, registry: &Registry, metrics: &WatchMetrics, health: &Health) {
+fn answer(
+    req: tiny_http::Request,
+    registry: &Registry,
+    metrics: &WatchMetrics,
+    health: &HealthBoard,
+) {
     let path = req.url().split('?').next().unwrap_or("").to_string();
     let header = |v: &str| {
         tiny_http::Header::from_bytes(&b"Content-Type"[..], v.as_bytes())
@@ -89,13 +91,8 @@ fn answer(req: tiny_http::Request, registry: &Registry, metrics: &WatchMetrics, 
             }
         }
         "/healthz" => {
-            let cams = health.lock().map(|h| h.clone()).unwrap_or_default();
-            let any_up = cams.values().any(|s| s == "running" || s == "starting");
-            let status = if any_up || cams.is_empty() {
-                "ok"
-            } else {
-                "degraded"
-            };
+            let cams = health.snapshot();
+            let status = HealthBoard::status_of(&cams);
             let body = serde_json::json!({ "status": status, "cameras": cams }).to_string();
             tiny_http::Response::from_string(body)
                 .with_header(header("application/json"))

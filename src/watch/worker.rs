@@ -1,61 +1,31 @@
-//! Engine workers: each owns its guard(s) and the cameras assigned to it, so one camera's
+//! Engine workers: each owns its guard(s) and the cameras pinned to it, so one camera's
 //! frames are scored in order by one thread and its detector state needs no lock.
+//!
+//! A worker's end is always reported: every camera it holds gets exactly one
+//! [`Ctl::Ended`], also when the worker panics (the panic is caught, the cameras are ended
+//! with an error naming the camera and frame, and `fatal` tells the run to stop).
 
-use super::OverlayTarget;
-use super::inject::InjectSpec;
-use super::metrics::{EventLabel, WatchMetrics, cam};
-use super::overlay::{self, OverlayWriter};
+use super::output::overlay::{OverlayOutput, OverlaySink};
+use super::output::{self, Shared};
+use super::overlay::OverlayWriter;
 use super::overlay_rtsp::RtspOverlay;
-use super::{CameraPlan, Ctl, Out};
-use crate::detector::calibrate::CleanFrame;
-use crate::detector::event::{ClassGuess, Event, Phase};
-use crate::detector::{CameraDetector, FrameInput};
+use super::pipeline::CameraPipeline;
+use super::{CameraPlan, CameraSummary, Ctl, OverlayTarget};
+use crate::detector::state::{self, CameraState, ScoresOnly};
 use crate::engine::compile::{CompileOptions, Mode, Seed};
 use crate::engine::manifest::Manifest;
-use crate::engine::{Guard, GuardOptions, top_k};
-use crate::response::{self, ResponseConfig};
-use crate::source::{Frame, SourceMsg};
+use crate::engine::{Guard, GuardOptions};
+use crate::response::ResponseConfig;
+use crate::source::SourceMsg;
 use crossbeam_channel::{Receiver, Sender};
-use image::RgbImage;
-use serde::Serialize;
 use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::Instant;
 
-/// One line of `--frames-out`.
-#[derive(Debug, Clone, Serialize)]
-pub struct FrameRecord {
-    /// Camera name.
-    pub camera: String,
-    /// Frames delivered by the source before this one.
-    pub seq: u64,
-    /// Stream time, ms.
-    pub pts_ms: u64,
-    /// The driving score.
-    pub score: f64,
-    /// Over the start threshold.
-    pub over_threshold: bool,
-    /// An event is open after this frame.
-    pub in_event: bool,
-    /// Top-1 class.
-    pub top1: ClassGuess,
-    /// The paper's S̄, bits.
-    pub entropy: f64,
-    /// Response concentration.
-    pub concentration: f64,
-    /// KL(p_t ‖ p_{t−1}), nats.
-    pub kl: f64,
-    /// Onset score KL(p_t ‖ reference), nats.
-    pub onset: f64,
-    /// Capture → scored, ms (the lag).
-    pub age_ms: f64,
-    /// Guard + detector time, ms.
-    pub proc_ms: f64,
-    /// The frame was replaced by `--inject`.
-    pub injected: bool,
-    /// Wall-clock time the frame was scored, ms since the Unix epoch (throughput from the records).
-    pub unix_ms: u64,
-}
+/// **Test hook only**: `CAMERA:N` makes the worker panic when camera CAMERA's N-th frame
+/// (1-based) arrives, to test that a worker panic ends the run with a clear error. Unset in
+/// normal use; it has no other effect.
+pub const TEST_PANIC_ENV: &str = "ADVGUARD_TEST_PANIC_AT";
 
 /// Everything a worker needs.
 pub(super) struct WorkerCtx {
@@ -65,27 +35,63 @@ pub(super) struct WorkerCtx {
     pub default_model: String,
     pub response: ResponseConfig,
     pub max_frames: Option<u64>,
+    /// Calibration run: scores only, no detector.
     pub collect: bool,
     pub rx: Receiver<SourceMsg>,
-    pub out: Sender<Out>,
     pub ctl: Sender<Ctl>,
-    pub metrics: WatchMetrics,
+    pub shared: Shared,
     /// Served `--overlay rtsp://…` mounts of this worker's cameras.
     pub rtsp_overlays: HashMap<String, RtspOverlay>,
 }
 
-/// A camera's explain-view output.
-enum OverlayOut {
-    File(OverlayWriter),
-    Rtsp(RtspOverlay),
+/// Starts a worker thread.
+pub(super) fn spawn(ctx: WorkerCtx) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("engine-{}", ctx.index))
+        .spawn(move || contained(ctx))
 }
 
-struct Cam {
-    plan: CameraPlan,
-    detector: CameraDetector,
-    overlay: Option<OverlayOut>,
-    processed: u64,
-    done: bool,
+/// The frame being scored, so that a panic can name it.
+struct Current {
+    camera: String,
+    seq: u64,
+    pts_ms: u64,
+}
+
+struct Worker {
+    ctx: WorkerCtx,
+    ready_sent: bool,
+    cams: HashMap<Arc<str>, CameraPipeline>,
+    current: Option<Current>,
+    panic_at: Option<(String, u64)>,
+}
+
+/// Runs the worker and reports its end whatever happens.
+fn contained(ctx: WorkerCtx) {
+    let panic_at = std::env::var(TEST_PANIC_ENV).ok().and_then(|v| {
+        let (c, n) = v.rsplit_once(':')?;
+        Some((c.to_string(), n.parse().ok()?))
+    });
+    let mut w = Worker {
+        ctx,
+        ready_sent: false,
+        cams: HashMap::new(),
+        current: None,
+        panic_at,
+    };
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| w.run())) {
+        w.after_panic(&panic_message(payload.as_ref()));
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
 }
 
 fn open_guard(
@@ -110,274 +116,191 @@ fn open_guard(
     Guard::open(&manifest, &opts).map_err(|e| anyhow::anyhow!("opening model {model}: {e}"))
 }
 
-/// Worker thread body: opens the guards (reporting readiness), then scores until every
-/// source feeding it has gone.
-pub(super) fn run(mut ctx: WorkerCtx) {
-    let mut guards: HashMap<String, Guard> = HashMap::new();
-    let mut plain: HashMap<String, Guard> = HashMap::new();
-    let mut ready = Ok(());
-    for c in &ctx.cameras {
-        if !guards.contains_key(&c.model) {
-            match open_guard(&c.model, &ctx.default_model, &ctx.guard, false) {
-                Ok(g) => {
-                    guards.insert(c.model.clone(), g);
-                }
-                Err(e) => {
-                    ready = Err(format!("{e:#}"));
-                    break;
-                }
+type Guards = HashMap<String, Guard>;
+
+impl Worker {
+    /// Opens the guards (reporting readiness), then scores until every source feeding this
+    /// worker has gone.
+    fn run(&mut self) {
+        let ready = self.open_guards();
+        self.ready_sent = true;
+        let (mut guards, mut plain) = match ready {
+            Ok(g) => {
+                let _ = self.ctx.ctl.send(Ctl::Ready(self.ctx.index, Ok(())));
+                g
             }
-        }
-        if c.inject.is_some() && !plain.contains_key(&c.model) {
-            match open_guard(&c.model, &ctx.default_model, &ctx.guard, true) {
-                Ok(g) => {
-                    plain.insert(c.model.clone(), g);
-                }
-                Err(e) => {
-                    ready = Err(format!("--inject needs a plain-gradient guard: {e:#}"));
-                    break;
-                }
+            Err(e) => {
+                let _ = self.ctx.ctl.send(Ctl::Ready(self.ctx.index, Err(e)));
+                return;
             }
-        }
-    }
-    let failed = ready.is_err();
-    let _ = ctx.ctl.send(Ctl::Ready(ctx.index, ready));
-    if failed {
-        return;
-    }
-    let mut cams: HashMap<Arc<str>, Cam> = HashMap::new();
-    for c in &ctx.cameras {
-        let size = guards[&c.model].size();
-        let overlay = match &c.overlay {
-            Some(OverlayTarget::File(p)) => match OverlayWriter::create(p, size) {
-                Ok(w) => Some(OverlayOut::File(w)),
-                Err(e) => {
-                    tracing::error!(camera = %c.name, "{e:#}");
-                    None
-                }
-            },
-            Some(OverlayTarget::Rtsp(_)) => ctx.rtsp_overlays.remove(&c.name).map(OverlayOut::Rtsp),
-            None => None,
         };
-        cams.insert(
-            Arc::from(c.name.as_str()),
-            Cam {
-                detector: CameraDetector::new(&c.name, &c.model, c.detector.clone()),
-                plan: c.clone(),
-                overlay,
-                processed: 0,
-                done: false,
-            },
+        tracing::debug!(
+            worker = self.ctx.index,
+            guards = guards.len(),
+            "engine worker ready"
         );
-    }
-    while let Ok(msg) = ctx.rx.recv() {
-        match msg {
-            SourceMsg::Frame(f) => {
-                let Some(c) = cams.get_mut(&f.camera) else {
-                    continue;
-                };
-                if c.done {
-                    continue;
+        self.build_cameras(&guards);
+        while let Ok(msg) = self.ctx.rx.recv() {
+            match msg {
+                SourceMsg::Frame(f) => {
+                    let Some(c) = self.cams.get_mut(&f.camera) else {
+                        continue;
+                    };
+                    let Some(g) = guards.get_mut(&c.plan.model) else {
+                        continue;
+                    };
+                    if c.done {
+                        continue;
+                    }
+                    self.current = Some(Current {
+                        camera: c.plan.name.clone(),
+                        seq: f.seq,
+                        pts_ms: f.pts_ms,
+                    });
+                    if let Some((cam, n)) = &self.panic_at
+                        && *cam == c.plan.name
+                        && c.processed + 1 == *n
+                    {
+                        panic!(
+                            "{TEST_PANIC_ENV} test hook: panicking on frame {n} of camera {cam}"
+                        );
+                    }
+                    let p = plain.get_mut(&c.plan.model);
+                    if let Err(e) = c.score(g, p, &self.ctx.response, f) {
+                        tracing::warn!(camera = %c.plan.name, "frame skipped: {e:#}");
+                    }
+                    self.current = None;
+                    if self.ctx.max_frames.is_some_and(|m| c.processed >= m) {
+                        let s = c.end(None);
+                        report(&self.ctx.ctl, &c.plan.name, s, false);
+                    }
                 }
-                let Some(g) = guards.get_mut(&c.plan.model) else {
-                    continue;
-                };
-                let p = plain.get_mut(&c.plan.model);
-                if let Err(e) = process(&ctx, c, g, p, f) {
-                    tracing::warn!(camera = %c.plan.name, "frame skipped: {e:#}");
-                }
-                if let Some(m) = ctx.max_frames
-                    && c.processed >= m
-                    && !c.done
-                {
-                    end_camera(&ctx, c, None);
-                }
-            }
-            SourceMsg::Eos { camera } => {
-                if let Some(c) = cams.get_mut(&camera)
-                    && !c.done
-                {
-                    end_camera(&ctx, c, None);
-                }
-            }
-            SourceMsg::Error { camera, error } => {
-                if let Some(c) = cams.get_mut(&camera)
-                    && !c.done
-                {
-                    end_camera(&ctx, c, Some(error));
-                }
+                SourceMsg::Eos { camera } => self.end(&camera, None),
+                SourceMsg::Error { camera, error } => self.end(&camera, Some(error)),
             }
         }
+        // Every source is gone (end of streams or shutdown): close what is still open.
+        for c in self.cams.values_mut().filter(|c| !c.done) {
+            let s = c.end(None);
+            report(&self.ctx.ctl, &c.plan.name, s, false);
+        }
     }
-    // Every source is gone (end of streams or shutdown): close what is still open.
-    for c in cams.values_mut() {
-        if !c.done {
-            end_camera(&ctx, c, None);
+
+    fn end(&mut self, camera: &str, error: Option<String>) {
+        if let Some(c) = self.cams.get_mut(camera)
+            && !c.done
+        {
+            let s = c.end(error);
+            report(&self.ctx.ctl, &c.plan.name, s, false);
+        }
+    }
+
+    /// The detection guard of every model, and a plain-gradient one where `--inject` needs it.
+    fn open_guards(&self) -> Result<(Guards, Guards), String> {
+        let (mut guards, mut plain) = (Guards::new(), Guards::new());
+        for c in &self.ctx.cameras {
+            let (model, dm, base) = (&c.model, &self.ctx.default_model, &self.ctx.guard);
+            if !guards.contains_key(model) {
+                let g = open_guard(model, dm, base, false).map_err(|e| format!("{e:#}"))?;
+                guards.insert(model.clone(), g);
+            }
+            if c.inject.is_some() && !plain.contains_key(model) {
+                let g = open_guard(model, dm, base, true)
+                    .map_err(|e| format!("--inject needs a plain-gradient guard: {e:#}"))?;
+                plain.insert(model.clone(), g);
+            }
+        }
+        Ok((guards, plain))
+    }
+
+    fn build_cameras(&mut self, guards: &Guards) {
+        for c in &self.ctx.cameras {
+            let size = guards[&c.model].size();
+            let sink = match &c.overlay {
+                Some(OverlayTarget::File(p)) => match OverlayWriter::create(p, size) {
+                    Ok(w) => Some(OverlaySink::File(w, p.clone())),
+                    Err(e) => {
+                        tracing::error!(camera = %c.name, "{e:#}");
+                        None
+                    }
+                },
+                Some(OverlayTarget::Rtsp(_)) => self
+                    .ctx
+                    .rtsp_overlays
+                    .remove(&c.name)
+                    .map(OverlaySink::Rtsp),
+                None => None,
+            };
+            // A calibration run has no detector: nothing to threshold, no events.
+            let st: Box<dyn CameraState> = if self.ctx.collect {
+                Box::new(ScoresOnly::new())
+            } else {
+                state::for_camera(c)
+            };
+            let overlay = sink.map(|s| OverlayOutput::new(&c.name, st.headline(), s));
+            let outputs = output::for_camera(&c.name, &self.ctx.shared, overlay);
+            let p = CameraPipeline::new(c.clone(), st, outputs);
+            tracing::info!(camera = %c.name, model = %c.model, worker = self.ctx.index,
+                detector = %p.describe(), outputs = ?p.output_names(), "camera pipeline ready");
+            self.cams.insert(Arc::from(c.name.as_str()), p);
+        }
+    }
+
+    /// Reports every camera not yet ended, after the worker panicked with `msg`.
+    fn after_panic(&mut self, msg: &str) {
+        let w = self.ctx.index;
+        if !self.ready_sent {
+            let names: Vec<&str> = self.ctx.cameras.iter().map(|c| c.name.as_str()).collect();
+            let e = format!(
+                "engine worker {w} panicked while opening the models of camera(s) {}: {msg}",
+                names.join(", ")
+            );
+            let _ = self.ctx.ctl.send(Ctl::Ready(w, Err(e)));
+            return;
+        }
+        let culprit = self.current.take();
+        let ctl = self.ctx.ctl.clone();
+        for c in self.cams.values_mut().filter(|c| !c.done) {
+            let error = match &culprit {
+                Some(cur) if cur.camera == c.plan.name => format!(
+                    "engine worker {w} panicked while scoring frame {} (pts {} ms): {msg}",
+                    cur.seq, cur.pts_ms
+                ),
+                Some(cur) => format!(
+                    "engine worker {w} panicked while scoring camera {}: {msg}",
+                    cur.camera
+                ),
+                None => format!("engine worker {w} panicked: {msg}"),
+            };
+            // Close the open event and the outputs if the state still allows it.
+            let e2 = error.clone();
+            let s = catch_unwind(AssertUnwindSafe(|| c.end(Some(e2)))).unwrap_or_else(|_| {
+                c.done = true;
+                CameraSummary {
+                    processed: c.processed,
+                    error: Some(error),
+                    ..Default::default()
+                }
+            });
+            report(&ctl, &c.plan.name, s, true);
+        }
+        // A panic while the pipelines were being built leaves cameras without one.
+        for c in &self.ctx.cameras {
+            if !self.cams.contains_key(c.name.as_str()) {
+                let summary = CameraSummary {
+                    error: Some(format!("engine worker {w} panicked while starting: {msg}")),
+                    ..Default::default()
+                };
+                report(&ctl, &c.name, summary, true);
+            }
         }
     }
 }
 
-fn emit(ctx: &WorkerCtx, ev: Event) {
-    let phase = match ev.phase {
-        Phase::Start => "start",
-        Phase::Update => "update",
-        Phase::End => "end",
-    };
-    ctx.metrics
-        .events
-        .get_or_create(&EventLabel {
-            camera: ev.camera.clone(),
-            phase: phase.into(),
-        })
-        .inc();
-    let _ = ctx.out.send(Out::Event(Box::new(ev)));
-}
-
-fn end_camera(ctx: &WorkerCtx, c: &mut Cam, error: Option<String>) {
-    c.done = true;
-    if let Some(ev) = c.detector.finish() {
-        emit(ctx, ev);
-    }
-    if let Some(OverlayOut::File(w)) = c.overlay.take() {
-        let path = match &c.plan.overlay {
-            Some(OverlayTarget::File(p)) => p.display().to_string(),
-            _ => String::new(),
-        };
-        match w.finish() {
-            Ok(()) => tracing::info!(camera = %c.plan.name, "overlay written to {path}"),
-            Err(e) => tracing::error!(camera = %c.plan.name, "{e:#}"),
-        }
-    }
-    let _ = ctx.ctl.send(Ctl::Ended {
-        camera: c.plan.name.clone(),
-        processed: c.processed,
-        error,
+fn report(ctl: &Sender<Ctl>, camera: &str, summary: CameraSummary, fatal: bool) {
+    let _ = ctl.send(Ctl::Ended {
+        camera: camera.to_string(),
+        summary,
+        fatal,
     });
-}
-
-fn process(
-    ctx: &WorkerCtx,
-    c: &mut Cam,
-    guard: &mut Guard,
-    plain: Option<&mut Guard>,
-    f: Frame,
-) -> anyhow::Result<()> {
-    let t0 = Instant::now();
-    let (w, h) = (f.width, f.height);
-    let mut rgb = f.rgb;
-    let mut injected = false;
-    if let (Some(spec), Some(pg)) = (c.plan.inject.as_ref(), plain)
-        && spec.covers(f.pts_ms)
-    {
-        rgb = InjectSpec::apply(spec, pg, &rgb, w, h)?;
-        injected = true;
-    }
-    let out = guard.run_rgb8(&rgb, w, h)?;
-    let probs = out.probs();
-    let k = top_k(&probs, 1).first().copied().unwrap_or(0);
-    let stats = response::analyze(out.response.view(), &ctx.response);
-    let top1 = ClassGuess {
-        index: k,
-        label: guard.labels().get(k).cloned().unwrap_or_default(),
-        prob: probs.get(k).copied().unwrap_or(0.0),
-    };
-    // The response is at model-input resolution, which is the frame's (source scales in GStreamer).
-    let bbox = Some(stats.bbox);
-    let frame_img = RgbImage::from_raw(w, h, rgb).unwrap_or_else(|| RgbImage::new(w, h));
-    let mag = response::gray::magnitude(out.response.view());
-    let (name, kind, thr) = (
-        c.plan.name.clone(),
-        c.detector.config().kind,
-        c.detector.config().rule.threshold,
-    );
-    let caption = |score: f64, alert: bool| {
-        format!(
-            "{name} {kind} {score:.2} / {thr:.2}  {} ({:.2}){}",
-            top1.label.split(',').next().unwrap_or(""),
-            top1.prob,
-            if alert { "  ALERT" } else { "" }
-        )
-    };
-    let input = FrameInput {
-        pts_ms: f.pts_ms,
-        probs: &probs,
-        stats: &stats,
-        top1: top1.clone(),
-        bbox,
-    };
-    let peak_caption = format!(
-        "{name} {kind} peak  {} ({:.2})",
-        top1.label.split(',').next().unwrap_or(""),
-        top1.prob
-    );
-    let mut media = || {
-        let heat = overlay::render(&frame_img, mag.view(), bbox, &peak_caption, true);
-        (
-            Some(crate::viz::jpeg_bytes(&frame_img)),
-            Some(crate::viz::png_bytes(&heat)),
-        )
-    };
-    let obs = c.detector.observe(&input, &mut media);
-    c.processed += 1;
-    let proc_s = t0.elapsed().as_secs_f64();
-    let age_s = f.captured.elapsed().as_secs_f64();
-    let l = cam(&c.plan.name);
-    ctx.metrics.processed.get_or_create(&l).inc();
-    ctx.metrics.processing.get_or_create(&l).observe(proc_s);
-    ctx.metrics.age.get_or_create(&l).observe(age_s);
-    ctx.metrics.score.get_or_create(&l).observe(obs.score);
-    let render = || {
-        overlay::render(
-            &frame_img,
-            mag.view(),
-            bbox,
-            &caption(obs.score, obs.in_event),
-            obs.in_event,
-        )
-    };
-    match c.overlay.as_mut() {
-        Some(OverlayOut::File(wr)) => {
-            if let Err(e) = wr.push(&render(), f.pts_ms) {
-                tracing::error!(camera = %c.plan.name, "{e:#}; overlay stopped");
-                c.overlay = None;
-            }
-        }
-        // Rendering and encoding cost only while someone watches.
-        Some(OverlayOut::Rtsp(o)) if o.watched() => o.push(render()),
-        _ => {}
-    }
-    for ev in obs.events {
-        emit(ctx, ev);
-    }
-    if ctx.collect {
-        let _ = ctx.out.send(Out::Clean(
-            c.plan.name.clone(),
-            CleanFrame {
-                probs: probs.clone(),
-                entropy: stats.entropy,
-                concentration: stats.concentration,
-            },
-        ));
-    }
-    let rec = FrameRecord {
-        camera: c.plan.name.clone(),
-        seq: f.seq,
-        pts_ms: f.pts_ms,
-        score: obs.score,
-        over_threshold: obs.over,
-        in_event: obs.in_event,
-        top1,
-        entropy: obs.scores.entropy,
-        concentration: obs.scores.concentration,
-        kl: obs.scores.kl,
-        onset: obs.scores.onset,
-        age_ms: age_s * 1e3,
-        unix_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
-        proc_ms: proc_s * 1e3,
-        injected,
-    };
-    let _ = ctx.out.send(Out::Frame(Box::new(rec)));
-    Ok(())
 }

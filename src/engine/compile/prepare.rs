@@ -105,6 +105,19 @@ pub(super) fn prepare(model: &ModelProto, opts: &CompileOptions) -> Result<Prepa
 
     // Static shapes from tract (names of the original opset graph).
     let (mut shapes, shape_note) = infer_shapes(&m);
+    // A mutated model can make tract infer absurd sizes (found by fuzzing: a product of dims
+    // overflowed in the seed search); no classifier tensor comes near MAX_ELEMENTS.
+    const MAX_ELEMENTS: usize = 1 << 28;
+    let too_big = |s: &Vec<usize>| {
+        s.iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .is_none_or(|n| n > MAX_ELEMENTS)
+    };
+    if let Some((name, s)) = shapes.iter().find(|(_, s)| too_big(s)) {
+        return Err(CompileError::Shape(format!(
+            "tensor {name:?} would have shape {s:?}: more than {MAX_ELEMENTS} elements"
+        )));
+    }
 
     // The logits: the input of a final Softmax, else the first output.
     let g = m.graph.as_mut().unwrap();

@@ -1,0 +1,156 @@
+//! `advguard eval-video`: false alarms per camera-hour and detection of attacked stretches.
+
+use super::ModelArgs;
+use advguard::detector::FusedConfig;
+use advguard::detector::fused::OnsetReference;
+use advguard::engine::GuardOptions;
+use advguard::engine::compile::CompileOptions;
+use advguard::engine::manifest::Manifest;
+use advguard::eval::video::run::{RunOptions, run as run_eval};
+use advguard::eval::video::{StretchKind, VideoEvalConfig};
+use std::path::PathBuf;
+
+/// Arguments of `advguard eval-video`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Clips (default: the three clips in $ADVGUARD_DATA/videos).
+    pub clips: Vec<PathBuf>,
+    /// Clean test footage to reach, stream hours, all clips together.
+    #[arg(long, default_value_t = 1.0)]
+    pub clean_hours: f64,
+    /// Calibration footage per clip, stream minutes (replays of the clip's first part).
+    #[arg(long, default_value_t = 10.0)]
+    pub cal_minutes: f64,
+    /// Share of each clip kept for calibration only.
+    #[arg(long, default_value_t = 0.4)]
+    pub cal_fraction: f64,
+    /// Attacked stretches per kind.
+    #[arg(long, default_value_t = 30)]
+    pub per_kind: usize,
+    /// Stretch kinds (comma-separated): fgsm-2, fgsm-4, pgd-4, universal-4, patch, patch-first, ramp.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "fgsm-2,fgsm-4,pgd-4,universal-4,patch,patch-first,ramp"
+    )]
+    pub kinds: Vec<StretchKind>,
+    /// False-alarm budget per camera-hour, shared by the signals.
+    #[arg(long, default_value_t = 0.1)]
+    pub budget: f64,
+    /// Onset reference: mean (of the last 3 frames) or previous (frame).
+    #[arg(long, default_value = "mean", value_parser = parse_reference)]
+    pub reference: OnsetReference,
+    /// Patch PNG for the patch kinds (e.g. DIR/patch.png from `advguard attack --attack patch -o DIR`).
+    #[arg(long)]
+    pub patch: Option<PathBuf>,
+    /// Photos the universal perturbation is trained on (default $ADVGUARD_DATA/images/dev).
+    #[arg(long)]
+    pub photos: Option<PathBuf>,
+    /// Signed-gradient steps of the universal perturbation (8 photos each).
+    #[arg(long, default_value_t = 100)]
+    pub universal_steps: u32,
+    /// Frames faster than this are thinned, frames/s.
+    #[arg(long, default_value_t = 12.5)]
+    pub max_fps: f64,
+    /// Scoring threads.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    pub rng_seed: u64,
+    /// Output folder (per-session records; rerunning resumes).
+    #[arg(short, long, default_value = "out/eval-video")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+fn parse_reference(s: &str) -> Result<OnsetReference, String> {
+    match s {
+        "mean" => Ok(OnsetReference::Mean),
+        "previous" | "prev" => Ok(OnsetReference::Previous),
+        _ => Err(format!("unknown onset reference {s:?} (mean, previous)")),
+    }
+}
+
+/// Runs `advguard eval-video`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let clips = if args.clips.is_empty() {
+        let v = advguard::data_dir().join("videos");
+        [
+            "car-detection.mp4",
+            "one-by-one-person-detection.mp4",
+            "bottle-detection.mp4",
+        ]
+        .iter()
+        .map(|c| v.join(c))
+        .collect()
+    } else {
+        args.clips.clone()
+    };
+    for c in &clips {
+        if !c.is_file() {
+            anyhow::bail!("clip {} not found", c.display());
+        }
+    }
+    if !(args.cal_fraction > 0.0 && args.cal_fraction < 1.0) {
+        anyhow::bail!(
+            "--cal-fraction must be between 0 and 1, got {}",
+            args.cal_fraction
+        );
+    }
+    if !(args.budget > 0.0) {
+        anyhow::bail!(
+            "--budget must be > 0 false alarms per camera-hour, got {}",
+            args.budget
+        );
+    }
+    let cfg = VideoEvalConfig {
+        clips,
+        clean_hours: args.clean_hours,
+        cal_minutes: args.cal_minutes,
+        per_kind: args.per_kind,
+        kinds: args.kinds.clone(),
+        cal_fraction: args.cal_fraction,
+        max_fps: args.max_fps,
+        budget: args.budget,
+        seed: args.rng_seed,
+        ..VideoEvalConfig::default()
+    };
+    let manifest = Manifest::load(&args.model.model_name)?;
+    let detector = FusedConfig {
+        reference: args.reference,
+        ..FusedConfig::default()
+    };
+    let opts = RunOptions {
+        manifest,
+        guard: GuardOptions {
+            model_path: args.model.model.clone(),
+            backend: args.model.backend,
+            compile: Some(CompileOptions {
+                mode: args.model.mode,
+                seed: args.model.seed.clone(),
+                input_shape: None,
+                ..Default::default()
+            }),
+        },
+        response: args.model.response(),
+        workers: args.workers,
+        out: args.output.clone(),
+        patch: args.patch.clone(),
+        photos: args
+            .photos
+            .clone()
+            .or_else(|| Some(advguard::data_dir().join("images/dev"))),
+        universal_steps: args.universal_steps,
+        detector,
+        progress: true,
+    };
+    let summary = run_eval(&cfg, &opts)?;
+    println!("{}", summary.markdown);
+    println!(
+        "report and plots in {}",
+        args.output.join(&opts.manifest.name).display()
+    );
+    Ok(())
+}

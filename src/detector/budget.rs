@@ -1,0 +1,331 @@
+//! Calibration of the fused detector by a **false-alarm budget per camera-hour**.
+//!
+//! A per-frame false-positive rate is the wrong unit for an operator: what they live with is
+//! false events per hour. At 12 frames/s an hour is 43 000 frames, so a budget of 0.1 false
+//! events per hour is a per-frame rate of ~2e-6, far beyond what any clean footage measures
+//! directly. So, per signal:
+//! 1. replay the clean footage through the detector with that signal alone and get, for every
+//!    frame, its **fire score**: the largest threshold at which the signal's rule would fire
+//!    on that frame (k of n: the k-th largest of the last n scores; onset: the jump, capped by
+//!    the confirming frame's score over the end-threshold ratio);
+//! 2. decluster: fire scores above a low level that come within `merge_ms` of each other are
+//!    one candidate event, represented by its peak;
+//! 3. the false-event rate at threshold t is (#peaks > t) / hours. Where the budget asks for
+//!    fewer events than the footage can show (budget × hours < `MIN_TAIL_EVENTS`), the rate
+//!    is extrapolated with an exponential tail fitted to the highest peaks
+//!    (peaks-over-threshold with a Generalised-Pareto shape of 0; Coles 2001, ch. 4):
+//!    t = u + σ · ln(rate(u) / budget), σ = mean excess over u.
+//! 4. the chosen threshold is replayed on the footage and the events it still gives are stored.
+//! The budget is shared equally among the signals in force.
+
+use super::camera::FrameInput;
+use super::event::{ClassGuess, Phase};
+use super::fused::{FusedConfig, FusedDetector, SignalConfig, SignalKind};
+use super::profile::{FusedProfile, SignalProfile};
+use crate::response::FrameStats;
+use std::collections::BTreeMap;
+
+/// Peaks used for the tail fit at most.
+pub const TAIL_PEAKS: usize = 20;
+/// Below this many expected events on the footage the threshold is extrapolated.
+pub const MIN_TAIL_EVENTS: f64 = 5.0;
+
+/// One clean frame as the fused calibration needs it.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Stream time, ms.
+    pub pts_ms: u64,
+    /// Softmax class distribution.
+    pub probs: Vec<f32>,
+    /// The paper's S̄.
+    pub entropy: f64,
+    /// Response concentration.
+    pub concentration: f64,
+    /// Pixel change from the previous frame, gray levels.
+    pub pixel_change: Option<f64>,
+}
+
+/// Per-frame scores of one signal on one session, as the detector computes them.
+pub fn signal_scores(session: &[Sample], cfg: &FusedConfig, kind: SignalKind) -> Vec<f64> {
+    let mut c = cfg.clone();
+    c.signals = vec![(
+        kind,
+        SignalConfig {
+            threshold: f64::INFINITY,
+            end_threshold: f64::INFINITY,
+            ..SignalConfig::default_for(kind)
+        },
+    )];
+    let mut d = FusedDetector::new("calibration", "", c);
+    session
+        .iter()
+        .map(|s| {
+            let o = d.observe(
+                &input(s, &FrameStats::scalar(s.entropy, s.concentration)),
+                &mut || (None, None),
+            );
+            match kind {
+                SignalKind::Onset => o.scores.onset,
+                SignalKind::Patch => o.scores.concentration,
+                SignalKind::Entropy => o.scores.entropy,
+            }
+        })
+        .collect()
+}
+
+/// A detector input from a stored sample (no pixels, no box).
+pub fn input<'a>(s: &'a Sample, stats: &'a FrameStats) -> FrameInput<'a> {
+    let (k, p) = s
+        .probs
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or((0, 0.0), |(k, p)| (k, *p));
+    FrameInput {
+        pts_ms: s.pts_ms,
+        probs: &s.probs,
+        stats,
+        top1: ClassGuess {
+            index: k,
+            label: String::new(),
+            prob: p,
+        },
+        bbox: None,
+        pixel_change: s.pixel_change,
+    }
+}
+
+/// Fire scores (see the module docs) of one session.
+fn fire_scores(scores: &[f64], kind: SignalKind, rule: &SignalConfig) -> Vec<f64> {
+    match kind {
+        SignalKind::Onset => {
+            let ratio = (rule.end_threshold / rule.threshold).clamp(1e-6, 1.0);
+            (0..scores.len())
+                .map(|i| match scores.get(i + 1) {
+                    Some(next) if rule.k >= 2 => scores[i].min(next / ratio),
+                    Some(_) | None if rule.k <= 1 => scores[i],
+                    _ => 0.0,
+                })
+                .collect()
+        }
+        _ => {
+            let (k, n) = (rule.k.max(1), rule.n.max(1));
+            (0..scores.len())
+                .map(|i| {
+                    let lo = (i + 1).saturating_sub(n);
+                    let mut w: Vec<f64> = scores[lo..=i].to_vec();
+                    if w.len() < k {
+                        return 0.0;
+                    }
+                    w.sort_by(|a, b| b.total_cmp(a));
+                    w[k - 1]
+                })
+                .collect()
+        }
+    }
+}
+
+/// Declustered peaks: runs of fire scores above `floor` closer than `gap_ms` are one peak.
+fn peaks(fire: &[f64], pts: &[u64], floor: f64, gap_ms: u64) -> Vec<f64> {
+    let mut out = Vec::new();
+    let mut cur: Option<(f64, u64)> = None;
+    for (&f, &t) in fire.iter().zip(pts) {
+        if !(f > floor) {
+            continue;
+        }
+        match cur {
+            Some((p, last)) if t.saturating_sub(last) < gap_ms => cur = Some((p.max(f), t)),
+            Some((p, _)) => {
+                out.push(p);
+                cur = Some((f, t));
+            }
+            None => cur = Some((f, t)),
+        }
+    }
+    out.extend(cur.map(|c| c.0));
+    out
+}
+
+/// The threshold for a false-event rate of `budget` per hour from clean peaks over `hours`.
+/// Returns (threshold, expected rate per hour, how it was found).
+pub fn threshold_for_rate(peaks: &[f64], hours: f64, budget: f64) -> (f64, f64, String) {
+    let mut p: Vec<f64> = peaks.iter().copied().filter(|v| v.is_finite()).collect();
+    p.sort_by(|a, b| b.total_cmp(a));
+    if p.is_empty() || hours <= 0.0 {
+        return (
+            0.0,
+            0.0,
+            "no clean peaks: nothing to set the threshold from".into(),
+        );
+    }
+    let allowed = budget * hours;
+    if allowed >= MIN_TAIL_EVENTS && (allowed as usize) < p.len() {
+        let i = allowed.floor() as usize;
+        return (
+            p[i],
+            i as f64 / hours,
+            format!("empirical: {i} of {} clean peaks above it", p.len()),
+        );
+    }
+    let m = p.len().min(TAIL_PEAKS);
+    if m < 2 {
+        let t = p[0] * 1.5;
+        return (
+            t,
+            0.0,
+            "one clean peak only: threshold 1.5× above it (no tail to fit)".into(),
+        );
+    }
+    // Exponential tail over the top m peaks, anchored at the m-th.
+    let u = p[m - 1];
+    let sigma = (p[..m - 1].iter().map(|v| v - u).sum::<f64>() / (m - 1) as f64).max(1e-9);
+    let rate_u = (m - 1) as f64 / hours;
+    let t = if rate_u > budget {
+        u + sigma * (rate_u / budget).ln()
+    } else {
+        u
+    };
+    (
+        t.max(p[0]),
+        budget.min(rate_u),
+        format!(
+            "tail fit: u = {u:.4}, σ = {sigma:.4} over the top {m} of {} clean peaks",
+            p.len()
+        ),
+    )
+}
+
+/// Events (starts) the detector gives on clean sessions.
+pub fn count_events(sessions: &[Vec<Sample>], cfg: &FusedConfig) -> u32 {
+    let mut n = 0;
+    for s in sessions {
+        let mut d = FusedDetector::new("calibration", "", cfg.clone());
+        for f in s {
+            let st = FrameStats::scalar(f.entropy, f.concentration);
+            let o = d.observe(&input(f, &st), &mut || (None, None));
+            n += o.events.iter().filter(|e| e.phase == Phase::Start).count() as u32;
+        }
+    }
+    n
+}
+
+/// Result of a budget calibration.
+#[derive(Debug, Clone)]
+pub struct BudgetCalibration {
+    /// What goes into the profile.
+    pub profile: FusedProfile,
+    /// The detector configuration it gives.
+    pub config: FusedConfig,
+    /// How each threshold was found, and warnings (footage too short for the budget).
+    pub notes: Vec<String>,
+}
+
+/// Calibrates the fused detector on clean sessions (each one a separate camera session: the
+/// detector restarts between them) for `budget` false events per camera-hour in all.
+pub fn calibrate(sessions: &[Vec<Sample>], base: &FusedConfig, budget: f64) -> BudgetCalibration {
+    let hours: f64 = sessions
+        .iter()
+        .map(|s| match (s.first(), s.last()) {
+            (Some(a), Some(b)) => (b.pts_ms - a.pts_ms) as f64 / 3.6e6,
+            _ => 0.0,
+        })
+        .sum();
+    let share = budget / base.signals.len().max(1) as f64;
+    let mut notes = Vec::new();
+    if hours * budget < 1.0 {
+        notes.push(format!(
+            "warning: {:.1} min of clean footage cannot show a rate of {budget}/hour (it would need \
+             {:.0} min for one event); thresholds are extrapolated from the tail of the clean scores. \
+             Calibrate on more footage of this camera.",
+            hours * 60.0,
+            60.0 / budget
+        ));
+    }
+    let mut cfg = base.clone();
+    let mut signals = BTreeMap::new();
+    for (kind, rule) in cfg.signals.iter_mut() {
+        let mut all = Vec::new();
+        for s in sessions {
+            let scores = signal_scores(s, base, *kind);
+            let fire = fire_scores(&scores, *kind, rule);
+            let pts: Vec<u64> = s.iter().map(|f| f.pts_ms).collect();
+            all.extend(peaks(&fire, &pts, 0.0, base.merge_ms));
+        }
+        let (t, expected, how) = threshold_for_rate(&all, hours, share);
+        let ratio = if rule.threshold > 0.0 {
+            rule.end_threshold / rule.threshold
+        } else {
+            1.0
+        };
+        rule.threshold = t;
+        rule.end_threshold = t * ratio;
+        notes.push(format!("{kind}: threshold {t:.4} ({how})"));
+        signals.insert(
+            *kind,
+            SignalProfile {
+                threshold: rule.threshold,
+                end_threshold: rule.end_threshold,
+                budget_per_hour: share,
+                expected_per_hour: expected,
+                events_on_footage: 0,
+            },
+        );
+    }
+    for (kind, sp) in signals.iter_mut() {
+        let mut one = cfg.clone();
+        one.signals.retain(|(k, _)| k == kind);
+        sp.events_on_footage = count_events(sessions, &one);
+    }
+    cfg.source = "profile";
+    BudgetCalibration {
+        profile: FusedProfile {
+            budget_per_hour: budget,
+            hours,
+            reference: cfg.reference,
+            reference_frames: cfg.reference_frames,
+            cut_threshold: cfg.cut_threshold,
+            signals,
+        },
+        config: cfg,
+        notes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn k_of_n_fire_score_is_the_kth_largest() {
+        let rule = SignalConfig::default_for(SignalKind::Patch); // 3 of 5
+        let f = fire_scores(&[0.1, 0.9, 0.2, 0.8, 0.7, 0.1], SignalKind::Patch, &rule);
+        assert_eq!(f[..2], [0.0, 0.0]);
+        assert_eq!(f[4], 0.7);
+        assert_eq!(f[5], 0.7);
+    }
+
+    #[test]
+    fn empirical_and_tail_thresholds() {
+        // 100 peaks from an exponential tail with scale 1 over 10 hours.
+        let peaks: Vec<f64> = (1..=100).map(|i| -((i as f64) / 101.0).ln()).collect();
+        let (t, rate, how) = threshold_for_rate(&peaks, 10.0, 1.0);
+        assert!(how.starts_with("empirical"), "{how}");
+        assert_eq!(peaks.iter().filter(|&&p| p > t).count(), 10);
+        assert!((rate - 1.0).abs() < 1e-9);
+        // 0.01 per hour: 0.1 events expected on the footage, extrapolated above the largest peak.
+        let (t2, _, how2) = threshold_for_rate(&peaks, 10.0, 0.01);
+        assert!(how2.starts_with("tail fit"), "{how2}");
+        let max = peaks.iter().cloned().fold(0.0, f64::max);
+        assert!(t2 > max, "{t2} vs {max}");
+        // An exponential(1) tail: the rate falls by e per unit, so 100× fewer events ≈ ln(100) higher.
+        assert!((t2 - t - (100f64).ln()).abs() < 1.5, "{t} → {t2}");
+    }
+
+    #[test]
+    fn peaks_decluster_runs() {
+        let fire = [0.0, 1.0, 2.0, 0.0, 0.0, 0.0, 3.0];
+        let pts = [0, 100, 200, 300, 400, 2000, 2100];
+        assert_eq!(peaks(&fire, &pts, 0.5, 1000), vec![2.0, 3.0]);
+        assert_eq!(peaks(&fire, &pts, 0.5, 5000), vec![3.0]);
+    }
+}

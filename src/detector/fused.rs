@@ -1,0 +1,858 @@
+//! The fused per-camera detector: every signal runs on every frame, one event per attack.
+//!
+//! Signals ([`SignalKind`]):
+//! - `onset`: the jump of the class distribution against its recent past, confirmed by the
+//!   frames after it (imperceptible attacks that start while the camera watches);
+//! - `patch`: the response concentration with its box, k of n (patches, including one present
+//!   from the camera's first frame);
+//! - `entropy`: the paper's S̄, k of n (off unless calibrated: it does not detect on our models).
+//!
+//! Any signal that fires opens the camera's one event; the event stays open while any signal
+//! holds and for `merge_ms` after the last one let go, so the jumps inside an attack (per-frame
+//! FGSM moves the distribution by up to 22 nats between attacked frames) continue the same
+//! event instead of closing and reopening it. The end message carries the stream time of the
+//! last frame a signal held, so the event's end is where the attack ended, not `merge_ms` later.
+//!
+//! A **scene cut** (the pixels change by more than `cut_threshold` gray levels on average) is
+//! not an attack: the onset signal restarts its reference instead of firing. An imperceptible
+//! attack changes the pixels by a few gray levels at most, a patch entering the scene by its
+//! area share of them; a cut or a light switched on changes most of the frame.
+
+use super::DetectorKind;
+use super::camera::{FrameInput, Observation};
+use super::event::{ClassGuess, Event, SignalNote};
+use super::profile::CameraProfile;
+use super::rule::{Rule, RuleConfig, Transition};
+use super::score::{FrameScores, jump, kl_divergence};
+use super::tracker::{EventTracker, FrameFacts, Media};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::fmt;
+
+/// Default stream time after the last holding frame within which a new trigger continues the
+/// same event, ms.
+pub const DEFAULT_MERGE_MS: u64 = 3000;
+/// Default scene-cut threshold: mean absolute change of the gray frame, gray levels (0–255).
+pub const DEFAULT_CUT_THRESHOLD: f64 = 30.0;
+
+/// One signal of the fused detector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignalKind {
+    /// Class-distribution onset jump.
+    Onset,
+    /// Response concentration (patches).
+    Patch,
+    /// The paper's S̄.
+    Entropy,
+}
+
+impl SignalKind {
+    /// All signals, in a fixed order.
+    pub const ALL: [SignalKind; 3] = [SignalKind::Onset, SignalKind::Patch, SignalKind::Entropy];
+
+    /// The name used in configs, profiles and events.
+    pub fn name(self) -> &'static str {
+        match self {
+            SignalKind::Onset => "onset",
+            SignalKind::Patch => "patch",
+            SignalKind::Entropy => "entropy",
+        }
+    }
+
+    /// The profile score this signal is calibrated from.
+    pub fn score_kind(self) -> DetectorKind {
+        match self {
+            SignalKind::Onset => DetectorKind::Onset,
+            SignalKind::Patch => DetectorKind::Concentration,
+            SignalKind::Entropy => DetectorKind::Entropy,
+        }
+    }
+}
+
+impl fmt::Display for SignalKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How the onset score compares a frame with the camera's past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnsetReference {
+    /// Symmetric KL to the previous frame (the first version of the onset detector).
+    Previous,
+    /// Symmetric KL to the mean distribution of the last `reference_frames` frames before it:
+    /// one flickering frame moves a mean of several less than it moves its neighbour.
+    #[default]
+    Mean,
+}
+
+/// One signal's thresholds and rule.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SignalConfig {
+    /// Start threshold (score strictly above it).
+    pub threshold: f64,
+    /// End threshold (onset: the end jump; k of n: the clear level).
+    pub end_threshold: f64,
+    /// k of n window (onset: `k` = frames a candidate must last, the jump frame included).
+    pub k: usize,
+    /// Window length, frames.
+    pub n: usize,
+    /// Consecutive clear frames that end a k-of-n signal.
+    pub clear_frames: usize,
+}
+
+impl SignalConfig {
+    /// Uncalibrated defaults (docs/STREAMING.md says where they come from).
+    pub fn default_for(kind: SignalKind) -> SignalConfig {
+        match kind {
+            SignalKind::Onset => SignalConfig {
+                threshold: 3.0,
+                end_threshold: 2.0,
+                k: 2,
+                n: 2,
+                clear_frames: 6,
+            },
+            SignalKind::Patch => SignalConfig {
+                threshold: 0.6,
+                end_threshold: 0.6,
+                k: 3,
+                n: 5,
+                clear_frames: 3,
+            },
+            SignalKind::Entropy => SignalConfig {
+                threshold: 3.0,
+                end_threshold: 3.0,
+                k: 3,
+                n: 5,
+                clear_frames: 3,
+            },
+        }
+    }
+}
+
+/// The fused detector's configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FusedConfig {
+    /// The signals in force and their thresholds (a signal absent here does not run).
+    pub signals: Vec<(SignalKind, SignalConfig)>,
+    /// Onset reference.
+    pub reference: OnsetReference,
+    /// Frames averaged into the onset reference.
+    pub reference_frames: usize,
+    /// See [`DEFAULT_MERGE_MS`].
+    pub merge_ms: u64,
+    /// See [`DEFAULT_CUT_THRESHOLD`]; `None`: no cut detection.
+    pub cut_threshold: Option<f64>,
+    /// Longest event, stream ms (0 = no limit): past it the event ends as a lasting change.
+    pub max_event_ms: u64,
+    /// Spacing of `update` messages, stream ms.
+    pub update_interval_ms: u64,
+    /// Where the thresholds came from ("profile", "default", …), for logs.
+    pub source: &'static str,
+}
+
+impl Default for FusedConfig {
+    fn default() -> Self {
+        FusedConfig {
+            signals: [SignalKind::Onset, SignalKind::Patch]
+                .into_iter()
+                .map(|k| (k, SignalConfig::default_for(k)))
+                .collect(),
+            reference: OnsetReference::default(),
+            reference_frames: 3,
+            merge_ms: DEFAULT_MERGE_MS,
+            cut_threshold: Some(DEFAULT_CUT_THRESHOLD),
+            max_event_ms: 300_000,
+            update_interval_ms: 5_000,
+            source: "default",
+        }
+    }
+}
+
+impl FusedConfig {
+    /// The defaults with the thresholds of a calibrated camera. A fused calibration
+    /// (`[cameras.X.fused]`) sets every signal it has; otherwise the per-score thresholds
+    /// are used for onset and patch.
+    pub fn from_profile(p: &CameraProfile) -> FusedConfig {
+        let mut c = FusedConfig::default();
+        if let Some(f) = &p.fused {
+            c.signals = f.signals.iter().map(|(k, s)| (*k, s.config(*k))).collect();
+            c.reference = f.reference;
+            c.reference_frames = f.reference_frames;
+            c.cut_threshold = f.cut_threshold;
+            c.source = "profile";
+            return c;
+        }
+        for (k, s) in c.signals.iter_mut() {
+            if let Some(sp) = p.score(k.score_kind()) {
+                s.threshold = sp.threshold;
+                s.end_threshold = sp.end_threshold;
+                c.source = "profile";
+            }
+        }
+        c
+    }
+
+    /// Thresholds in force, for logs.
+    pub fn describe(&self) -> String {
+        self.signals
+            .iter()
+            .map(|(k, s)| format!("{k}>{:.4}", s.threshold))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// The onset signal's state: a jump opens a candidate, the next frames confirm it (they do
+/// not jump straight back), the end jump releases it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum OnsetPhase {
+    Idle,
+    Candidate {
+        start: u64,
+        frames: usize,
+    },
+    /// `calm`: frames since the last jump over the end threshold; `jumped`: one came since the
+    /// onset (a stable attack, such as targeted PGD, holds until its end jump).
+    Open {
+        calm: usize,
+        jumped: bool,
+    },
+}
+
+enum SignalRule {
+    Onset(OnsetPhase),
+    KofN(Rule),
+}
+
+struct SignalState {
+    kind: SignalKind,
+    cfg: SignalConfig,
+    rule: SignalRule,
+    /// The last over-threshold frame while closed (the onset rule confirms one frame late).
+    last_over: Option<FrameFacts>,
+}
+
+/// What one signal did on one frame.
+struct Step {
+    score: f64,
+    over: bool,
+    /// Fired on this frame; the attack started at this stream time.
+    fired: Option<u64>,
+    /// Holds (its own rule is open) after this frame.
+    holds: bool,
+    /// The frame is part of the attack as the signal sees it (over threshold, or a jump of an
+    /// open onset): the event's end is its last hot frame.
+    hot: bool,
+}
+
+impl SignalState {
+    fn new(kind: SignalKind, cfg: SignalConfig) -> Self {
+        let rule = match kind {
+            SignalKind::Onset => SignalRule::Onset(OnsetPhase::Idle),
+            _ => SignalRule::KofN(Rule::new(RuleConfig {
+                threshold: cfg.threshold,
+                end_threshold: cfg.end_threshold,
+                k: cfg.k,
+                n: cfg.n,
+                clear_frames: cfg.clear_frames,
+                max_event_ms: 0,
+            })),
+        };
+        SignalState {
+            kind,
+            cfg,
+            rule,
+            last_over: None,
+        }
+    }
+
+    /// `score` drives the start; `back` says the frame returned to the scene (onset: the end
+    /// jump, or for a candidate, the jump straight back).
+    fn step(&mut self, score: f64, back: impl Fn(&SignalConfig) -> bool, pts_ms: u64) -> Step {
+        let score = if score.is_finite() { score } else { 0.0 };
+        let over = score > self.cfg.threshold;
+        let cfg = self.cfg;
+        let mut hot = false;
+        let (fired, holds) = match &mut self.rule {
+            SignalRule::Onset(phase) => {
+                let (next, fired) = match *phase {
+                    OnsetPhase::Idle if over => {
+                        if cfg.k <= 1 {
+                            (
+                                OnsetPhase::Open {
+                                    calm: 0,
+                                    jumped: false,
+                                },
+                                Some(pts_ms),
+                            )
+                        } else {
+                            (
+                                OnsetPhase::Candidate {
+                                    start: pts_ms,
+                                    frames: 1,
+                                },
+                                None,
+                            )
+                        }
+                    }
+                    OnsetPhase::Idle => (OnsetPhase::Idle, None),
+                    OnsetPhase::Candidate { .. } if back(&cfg) => (OnsetPhase::Idle, None),
+                    OnsetPhase::Candidate { start, frames } if frames + 1 >= cfg.k => (
+                        OnsetPhase::Open {
+                            calm: 0,
+                            jumped: false,
+                        },
+                        Some(start),
+                    ),
+                    OnsetPhase::Candidate { start, frames } => (
+                        OnsetPhase::Candidate {
+                            start,
+                            frames: frames + 1,
+                        },
+                        None,
+                    ),
+                    // A jump while open may be the end jump or one more jump inside a jumpy
+                    // attack: the attack is over once the distribution has stayed calm for
+                    // `clear_frames` frames after it.
+                    OnsetPhase::Open { .. } if back(&cfg) => {
+                        hot = true;
+                        (
+                            OnsetPhase::Open {
+                                calm: 0,
+                                jumped: true,
+                            },
+                            None,
+                        )
+                    }
+                    OnsetPhase::Open { calm, jumped: true } if calm + 1 >= cfg.clear_frames => {
+                        (OnsetPhase::Idle, None)
+                    }
+                    OnsetPhase::Open { calm, jumped } => (
+                        OnsetPhase::Open {
+                            calm: calm + 1,
+                            jumped,
+                        },
+                        None,
+                    ),
+                };
+                *phase = next;
+                (fired, matches!(next, OnsetPhase::Open { .. }))
+            }
+            SignalRule::KofN(r) => {
+                let fired = match r.step(score, pts_ms) {
+                    Transition::Start { start_pts_ms } => Some(start_pts_ms),
+                    _ => None,
+                };
+                (fired, r.is_open())
+            }
+        };
+        if matches!(self.rule, SignalRule::KofN(_)) {
+            hot = over && holds;
+        }
+        Step {
+            score,
+            over,
+            fired,
+            holds,
+            hot: hot || fired.is_some(),
+        }
+    }
+
+    /// Whether the onset signal is between its jump and its confirmation.
+    fn is_candidate(&self) -> bool {
+        matches!(self.rule, SignalRule::Onset(OnsetPhase::Candidate { .. }))
+    }
+
+    fn reset(&mut self) {
+        match &mut self.rule {
+            SignalRule::Onset(p) => *p = OnsetPhase::Idle,
+            SignalRule::KofN(r) => {
+                r.finish();
+            }
+        }
+        self.last_over = None;
+    }
+}
+
+/// The camera's open event.
+struct OpenEvent {
+    /// The last frame that was part of the attack as a signal saw it (the event's end).
+    last_hot: FrameFacts,
+    /// Stream time of the last frame a signal held (the merge window counts from it).
+    last_hold_ms: u64,
+    since: u64,
+    notes: Vec<SignalNote>,
+}
+
+/// One camera's fused detector.
+pub struct FusedDetector {
+    cfg: FusedConfig,
+    signals: Vec<SignalState>,
+    tracker: EventTracker,
+    open: Option<OpenEvent>,
+    /// Recent class distributions outside events (the onset reference).
+    history: VecDeque<Vec<f32>>,
+    prev: Option<Vec<f32>>,
+    /// Top-1 of the last frame before the open event (the "class before").
+    before: Option<ClassGuess>,
+    last: Option<FrameFacts>,
+    cuts: u64,
+}
+
+impl FusedDetector {
+    /// A detector for `camera` running `model`.
+    pub fn new(camera: &str, model: &str, cfg: FusedConfig) -> Self {
+        let signals = cfg
+            .signals
+            .iter()
+            .map(|(k, s)| SignalState::new(*k, *s))
+            .collect();
+        FusedDetector {
+            tracker: EventTracker::new(camera, model, "fused", 0.0, cfg.update_interval_ms),
+            signals,
+            open: None,
+            history: VecDeque::new(),
+            prev: None,
+            before: None,
+            last: None,
+            cuts: 0,
+            cfg,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &FusedConfig {
+        &self.cfg
+    }
+
+    /// Whether an event is open.
+    pub fn in_event(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// Scene cuts seen so far.
+    pub fn cuts(&self) -> u64 {
+        self.cuts
+    }
+
+    fn onset_score(&self, probs: &[f32]) -> f64 {
+        match self.cfg.reference {
+            OnsetReference::Previous => self.prev.as_ref().map_or(0.0, |q| jump(probs, q)),
+            OnsetReference::Mean => {
+                if self.history.is_empty() {
+                    return 0.0;
+                }
+                let n = self.history.len() as f32;
+                let mut m = vec![0f32; probs.len()];
+                for h in &self.history {
+                    for (a, b) in m.iter_mut().zip(h) {
+                        *a += b / n;
+                    }
+                }
+                jump(probs, &m)
+            }
+        }
+    }
+
+    /// Scores one frame and advances every signal; `media` renders the snapshot and heat map
+    /// (only for frames that become the event's peak).
+    pub fn observe(&mut self, f: &FrameInput<'_>, media: &mut Media<'_>) -> Observation {
+        let kl = self
+            .prev
+            .as_ref()
+            .map_or(0.0, |q| kl_divergence(f.probs, q));
+        let prev_jump = self.prev.as_ref().map_or(0.0, |q| jump(f.probs, q));
+        let cut = matches!((f.pixel_change, self.cfg.cut_threshold), (Some(c), Some(t)) if c > t);
+        if cut {
+            // A new scene: its distribution is its own reference from here on.
+            self.cuts += 1;
+            self.history.clear();
+            self.prev = None;
+            for s in &mut self.signals {
+                if s.kind == SignalKind::Onset {
+                    s.reset();
+                }
+            }
+            tracing::debug!(pts_ms = f.pts_ms, "scene cut: onset reference restarted");
+        }
+        let onset = self.onset_score(f.probs);
+        let scores = FrameScores {
+            entropy: f.stats.entropy,
+            concentration: f.stats.concentration,
+            kl,
+            onset: if self.cfg.reference == OnsetReference::Previous {
+                prev_jump
+            } else {
+                onset
+            },
+        };
+        let base = FrameFacts {
+            pts_ms: f.pts_ms,
+            score: 0.0,
+            over: false,
+            top1: Some(f.top1.clone()),
+            bbox: f.bbox,
+        };
+        let mut fired: Vec<(usize, u64)> = Vec::new();
+        let mut holds = false;
+        let mut hot = false;
+        let mut over_any = false;
+        let mut ratio: f64 = 0.0;
+        let mut steps = Vec::with_capacity(self.signals.len());
+        for (i, s) in self.signals.iter_mut().enumerate() {
+            let score = match s.kind {
+                SignalKind::Onset => scores.onset,
+                SignalKind::Patch => scores.concentration,
+                SignalKind::Entropy => scores.entropy,
+            };
+            let mut facts = base.clone();
+            facts.score = score;
+            let was_open = matches!(s.rule, SignalRule::Onset(OnsetPhase::Open { .. }));
+            let st = if cut && s.kind == SignalKind::Onset {
+                Step {
+                    score,
+                    over: false,
+                    fired: None,
+                    holds: false,
+                    hot: false,
+                }
+            } else if s.kind == SignalKind::Onset {
+                // Previous: a candidate that jumps again, or an open event's next big jump,
+                // is the return to the scene. Mean: a candidate back near the reference is
+                // flicker; an open event ends at the end jump between consecutive frames.
+                let (reference, candidate) = (self.cfg.reference, s.is_candidate());
+                s.step(
+                    score,
+                    |c| match (reference, candidate) {
+                        (OnsetReference::Mean, true) => score <= c.end_threshold,
+                        _ => prev_jump > c.end_threshold,
+                    },
+                    f.pts_ms,
+                )
+            } else {
+                s.step(score, |_| false, f.pts_ms)
+            };
+            facts.over = st.over;
+            if s.kind == SignalKind::Onset && was_open && !st.holds {
+                // The end jump: the reference rebuilds from the scene after it.
+                self.history.clear();
+            }
+            if let Some(start) = st.fired {
+                fired.push((i, start));
+            } else if st.over && self.open.is_none() {
+                s.last_over = Some(facts.clone());
+            }
+            holds |= st.holds;
+            hot |= st.hot;
+            over_any |= st.over;
+            if s.cfg.threshold > 0.0 {
+                ratio = ratio.max(st.score / s.cfg.threshold);
+            }
+            steps.push(st);
+        }
+        let mut facts = base.clone();
+        facts.score = ratio;
+        facts.over = over_any;
+        let mut events = Vec::new();
+        if let Some((i, start)) = fired.first().copied() {
+            match self.open.as_mut() {
+                None => {
+                    let s = &mut self.signals[i];
+                    // Open with the frame the signal's rule started at (the onset jump frame is
+                    // one frame before its confirmation), then count this frame.
+                    let first = s
+                        .last_over
+                        .take()
+                        .filter(|o| o.pts_ms == start && o.pts_ms != f.pts_ms)
+                        .map(|mut o| {
+                            o.score = o.score / s.cfg.threshold.max(f64::MIN_POSITIVE);
+                            o
+                        });
+                    self.tracker.set_detector(s.kind.name(), s.cfg.threshold);
+                    let ev = match first {
+                        Some(o) => {
+                            let ev = self.tracker.start(start, &o, media);
+                            let _ = self.tracker.observe(&facts, media);
+                            ev
+                        }
+                        None => self.tracker.start(start, &facts, media),
+                    };
+                    let mut ev = ev;
+                    let notes: Vec<SignalNote> = fired
+                        .iter()
+                        .map(|&(j, at)| note(&self.signals[j], steps[j].score, at))
+                        .collect();
+                    ev.signals = notes.clone();
+                    ev.top1_before = self.before.clone();
+                    events.push(ev);
+                    self.open = Some(OpenEvent {
+                        last_hot: facts.clone(),
+                        last_hold_ms: f.pts_ms,
+                        since: start,
+                        notes,
+                    });
+                }
+                Some(o) => {
+                    o.last_hot = facts.clone();
+                    o.last_hold_ms = f.pts_ms;
+                    for &(j, at) in &fired {
+                        let sig = self.signals[j].kind;
+                        match o.notes.iter_mut().find(|n| n.signal == sig.name()) {
+                            Some(n) => n.score = n.score.max(steps[j].score),
+                            None => o.notes.push(note(&self.signals[j], steps[j].score, at)),
+                        }
+                    }
+                    if let Some(mut ev) = self.tracker.observe(&facts, media) {
+                        ev.signals = o.notes.clone();
+                        ev.top1_before = self.before.clone();
+                        events.push(ev);
+                    }
+                }
+            }
+        } else if let Some(o) = self.open.as_mut() {
+            if holds {
+                o.last_hold_ms = f.pts_ms;
+            }
+            if hot {
+                o.last_hot = facts.clone();
+            }
+            for (j, st) in steps.iter().enumerate() {
+                let name = self.signals[j].kind.name();
+                if let Some(n) = o.notes.iter_mut().find(|n| n.signal == name) {
+                    n.score = n.score.max(st.score);
+                }
+            }
+            let quiet_for = f.pts_ms.saturating_sub(o.last_hold_ms);
+            let too_long = self.cfg.max_event_ms > 0
+                && f.pts_ms.saturating_sub(o.since) >= self.cfg.max_event_ms;
+            if (!holds && quiet_for >= self.cfg.merge_ms) || too_long {
+                let last = if too_long {
+                    facts.clone()
+                } else {
+                    o.last_hot.clone()
+                };
+                let notes = o.notes.clone();
+                if let Some(mut ev) = self.tracker.end(Some(&last)) {
+                    ev.signals = notes;
+                    ev.top1_before = self.before.clone();
+                    events.push(ev);
+                }
+                self.open = None;
+                if too_long {
+                    // A lasting change: the scene as it is now is the new normal.
+                    self.history.clear();
+                    for s in &mut self.signals {
+                        s.reset();
+                    }
+                }
+            } else if let Some(mut ev) = self.tracker.observe(&facts, media) {
+                ev.signals = o.notes.clone();
+                ev.top1_before = self.before.clone();
+                events.push(ev);
+            }
+        }
+        if self.open.is_none() && fired.is_empty() {
+            self.before = Some(f.top1.clone());
+        }
+        // The reference follows the frames the onset signal does not hold: inside an event
+        // whose onset has let go it follows the attacked frames, so the end jump back to the
+        // scene fires again and, within `merge_ms`, continues the same event.
+        let onset_busy = self.signals.iter().zip(&steps).any(|(s, st)| {
+            s.kind == SignalKind::Onset && (st.over || st.holds || s.is_candidate())
+        });
+        if fired.is_empty() && !onset_busy {
+            self.history.push_back(f.probs.to_vec());
+            while self.history.len() > self.cfg.reference_frames.max(1) {
+                self.history.pop_front();
+            }
+        }
+        self.prev = Some(f.probs.to_vec());
+        self.last = Some(facts);
+        Observation {
+            scores,
+            score: ratio,
+            over: over_any,
+            in_event: self.open.is_some(),
+            events,
+        }
+    }
+
+    /// Ends an open event (end of stream, shutdown); `None` when none is open.
+    pub fn finish(&mut self) -> Option<Event> {
+        let o = self.open.take()?;
+        for s in &mut self.signals {
+            s.reset();
+        }
+        let mut ev = self.tracker.end(Some(&o.last_hot))?;
+        ev.signals = o.notes;
+        ev.top1_before = self.before.clone();
+        Some(ev)
+    }
+}
+
+fn note(s: &SignalState, score: f64, at: u64) -> SignalNote {
+    SignalNote {
+        signal: s.kind.name().to_string(),
+        score,
+        threshold: s.cfg.threshold,
+        start_pts_ms: at,
+    }
+}
+
+impl super::state::CameraState for FusedDetector {
+    fn observe(&mut self, f: &FrameInput<'_>, media: &mut Media<'_>) -> Observation {
+        FusedDetector::observe(self, f, media)
+    }
+
+    fn finish(&mut self) -> Option<Event> {
+        FusedDetector::finish(self)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "fused: {} (merge {} ms, cut > {}; thresholds from {})",
+            self.cfg.describe(),
+            self.cfg.merge_ms,
+            self.cfg
+                .cut_threshold
+                .map_or("off".to_string(), |c| format!("{c}")),
+            self.cfg.source
+        )
+    }
+
+    fn headline(&self) -> (String, f64) {
+        // The fused score is the largest score / threshold ratio: 1 is the alarm line.
+        ("fused".into(), 1.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detector::event::Phase;
+    use crate::response::FrameStats;
+    use ndarray::Array2;
+
+    fn stats(c: f64) -> FrameStats {
+        FrameStats {
+            entropy: 1.0,
+            concentration: c,
+            bbox: [10, 10, 56, 56],
+            gray: Array2::zeros((1, 1)),
+        }
+    }
+
+    fn guess() -> ClassGuess {
+        ClassGuess {
+            index: 0,
+            label: "x".into(),
+            prob: 0.5,
+        }
+    }
+
+    /// Runs frames (probs, concentration, pixel change) at 100 ms spacing.
+    fn run(d: &mut FusedDetector, frames: &[(Vec<f32>, f64, f64)]) -> Vec<Event> {
+        let mut out = Vec::new();
+        for (i, (p, c, px)) in frames.iter().enumerate() {
+            let st = stats(*c);
+            let input = FrameInput {
+                pts_ms: i as u64 * 100,
+                probs: p,
+                stats: &st,
+                top1: guess(),
+                bbox: Some(st.bbox),
+                pixel_change: Some(*px),
+            };
+            out.extend(d.observe(&input, &mut || (None, None)).events);
+        }
+        out.extend(d.finish());
+        out
+    }
+
+    fn flicker(i: usize) -> Vec<f32> {
+        let mut p = vec![0.01f32; 10];
+        p[i % 2] = 0.5;
+        p[(i + 1) % 2] = 0.35;
+        let s: f32 = p.iter().sum();
+        p.iter().map(|v| v / s).collect()
+    }
+
+    fn attacked(i: usize) -> Vec<f32> {
+        // Per-frame FGSM: mass on odd classes, jumping between them from frame to frame.
+        let mut p = vec![0.01f32; 10];
+        p[5 + i % 3] = 0.9;
+        let s: f32 = p.iter().sum();
+        p.iter().map(|v| v / s).collect()
+    }
+
+    #[test]
+    fn a_jumpy_attack_stretch_is_one_event_that_ends_with_it() {
+        let mut d = FusedDetector::new("cam", "m", FusedConfig::default());
+        let frames: Vec<_> = (0..120)
+            .map(|i| {
+                let p = if (40..80).contains(&i) {
+                    attacked(i)
+                } else {
+                    flicker(i)
+                };
+                (p, 0.2, 1.0)
+            })
+            .collect();
+        let ev = run(&mut d, &frames);
+        let starts: Vec<_> = ev.iter().filter(|e| e.phase == Phase::Start).collect();
+        let ends: Vec<_> = ev.iter().filter(|e| e.phase == Phase::End).collect();
+        assert_eq!(starts.len(), 1, "{ev:#?}");
+        assert_eq!(ends.len(), 1);
+        assert_eq!(starts[0].start_pts_ms, 4000);
+        assert_eq!(starts[0].detector, "onset");
+        assert!(
+            ends[0].pts_ms >= 7900 && ends[0].pts_ms <= 8100,
+            "end at {}",
+            ends[0].pts_ms
+        );
+    }
+
+    #[test]
+    fn a_scene_cut_is_not_an_attack_but_the_same_jump_without_it_is() {
+        let shift = |i: usize| {
+            let mut p = vec![0.01f32; 10];
+            p[8] = 0.9;
+            let _ = i;
+            let s: f32 = p.iter().sum();
+            p.iter().map(|v| v / s).collect::<Vec<f32>>()
+        };
+        let frames = |cut_px: f64| -> Vec<(Vec<f32>, f64, f64)> {
+            (0..60)
+                .map(|i| {
+                    let p = if i >= 30 { shift(i) } else { flicker(i) };
+                    (p, 0.2, if i == 30 { cut_px } else { 1.0 })
+                })
+                .collect()
+        };
+        let mut d = FusedDetector::new("cam", "m", FusedConfig::default());
+        let ev = run(&mut d, &frames(80.0));
+        assert!(ev.is_empty(), "{ev:#?}");
+        assert_eq!(d.cuts(), 1);
+        let mut d = FusedDetector::new("cam", "m", FusedConfig::default());
+        let ev = run(&mut d, &frames(2.0));
+        assert_eq!(ev.iter().filter(|e| e.phase == Phase::Start).count(), 1);
+    }
+
+    #[test]
+    fn a_patch_from_the_first_frame_fires_the_patch_signal_with_its_box() {
+        let mut d = FusedDetector::new("cam", "m", FusedConfig::default());
+        let frames: Vec<_> = (0..50)
+            .map(|i| (flicker(i), if i < 30 { 0.9 } else { 0.2 }, 1.0))
+            .collect();
+        let ev = run(&mut d, &frames);
+        let starts: Vec<_> = ev.iter().filter(|e| e.phase == Phase::Start).collect();
+        assert_eq!(starts.len(), 1, "{ev:#?}");
+        assert_eq!(starts[0].detector, "patch");
+        assert_eq!(starts[0].start_pts_ms, 0);
+        assert_eq!(starts[0].bbox, Some([10, 10, 56, 56]));
+        assert_eq!(starts[0].signals[0].signal, "patch");
+    }
+}

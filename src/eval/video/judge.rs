@@ -1,0 +1,490 @@
+//! Judging scored sessions: per-clip calibration by false-alarm budget, the fused detector
+//! replayed on the test sessions, and the operator's numbers.
+
+use super::Part;
+use super::attacks::{StretchKind, iou};
+use super::score::SessionRec;
+use crate::detector::budget::{self, Sample};
+use crate::detector::event::{Event, Phase};
+use crate::detector::fused::{FusedConfig, FusedDetector};
+use crate::eval::table::Table;
+use crate::response::FrameStats;
+use plotters::prelude::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Samples of a scored session, as the calibration sees them.
+pub fn samples(s: &SessionRec) -> Vec<Sample> {
+    s.frames
+        .iter()
+        .zip(&s.probs)
+        .map(|(f, p)| Sample {
+            pts_ms: f.pts_ms,
+            probs: p.clone(),
+            entropy: f.entropy,
+            concentration: f.concentration,
+            pixel_change: Some(f.pixel_change),
+        })
+        .collect()
+}
+
+/// One frame's verdict in a replay.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    /// Stream time, ms.
+    pub pts_ms: u64,
+    /// Per signal: score / threshold.
+    pub ratios: Vec<(String, f64)>,
+    /// An event is open.
+    pub in_event: bool,
+}
+
+/// Replays the detector over one session: its events (start and end messages) and trace.
+pub fn replay(s: &SessionRec, cfg: &FusedConfig) -> (Vec<Event>, Vec<Trace>) {
+    let mut d = FusedDetector::new("eval", "", cfg.clone());
+    let mut events = Vec::new();
+    let mut trace = Vec::new();
+    for (f, p) in s.frames.iter().zip(&s.probs) {
+        let mut st = FrameStats::scalar(f.entropy, f.concentration);
+        st.bbox = f.bbox;
+        let sample = Sample {
+            pts_ms: f.pts_ms,
+            probs: p.clone(),
+            entropy: f.entropy,
+            concentration: f.concentration,
+            pixel_change: Some(f.pixel_change),
+        };
+        let mut input = budget::input(&sample, &st);
+        input.bbox = Some(f.bbox);
+        let o = d.observe(&input, &mut || (None, None));
+        let ratios = cfg
+            .signals
+            .iter()
+            .map(|(k, c)| {
+                let v = match k {
+                    crate::detector::SignalKind::Onset => o.scores.onset,
+                    crate::detector::SignalKind::Patch => o.scores.concentration,
+                    crate::detector::SignalKind::Entropy => o.scores.entropy,
+                };
+                (k.name().to_string(), v / c.threshold.max(1e-12))
+            })
+            .collect();
+        trace.push(Trace {
+            pts_ms: f.pts_ms,
+            ratios,
+            in_event: o.in_event,
+        });
+        events.extend(o.events.into_iter().filter(|e| e.phase != Phase::Update));
+    }
+    events.extend(d.finish());
+    (events, trace)
+}
+
+/// Per kind and clip.
+#[derive(Debug, Clone, Default)]
+pub struct KindStats {
+    /// Stretches.
+    pub n: usize,
+    /// Detected (an event starts inside the stretch).
+    pub detected: usize,
+    /// Detected by the signal meant for the kind.
+    pub by_intended: usize,
+    /// Frames from the stretch's first frame to the alert (the start message's frame).
+    pub latency_frames: Vec<f64>,
+    /// The detecting event ended within 1 s of the attack's end.
+    pub ended_in_1s: usize,
+    /// Event starts during the stretch (and 1 s after).
+    pub events: usize,
+    /// Box IoU with the pasted patch at the alert (patch kinds).
+    pub iou: Vec<f64>,
+}
+
+/// The whole judgement of one model.
+#[derive(Debug, Clone, Default)]
+pub struct Judgement {
+    /// Clean test stream time, hours.
+    pub clean_hours: f64,
+    /// False events on clean test time.
+    pub false_alarms: usize,
+    /// Per (clip, kind).
+    pub kinds: BTreeMap<(String, StretchKind), KindStats>,
+    /// Calibration notes per clip.
+    pub notes: BTreeMap<String, Vec<String>>,
+    /// Thresholds per clip.
+    pub thresholds: BTreeMap<String, String>,
+}
+
+/// Calibrates per clip on its calibration sessions.
+pub fn calibrate(
+    sessions: &[SessionRec],
+    base: &FusedConfig,
+    budget: f64,
+) -> BTreeMap<String, (FusedConfig, Vec<String>)> {
+    let mut by_clip: BTreeMap<String, Vec<Vec<Sample>>> = BTreeMap::new();
+    for s in sessions.iter().filter(|s| s.plan.part == Part::Calibration) {
+        by_clip.entry(s.clip.clone()).or_default().push(samples(s));
+    }
+    by_clip
+        .into_iter()
+        .map(|(clip, ss)| {
+            let c = budget::calibrate(&ss, base, budget);
+            (clip, (c.config, c.notes))
+        })
+        .collect()
+}
+
+/// Replays the test sessions with per-clip configurations.
+pub fn judge(
+    sessions: &[SessionRec],
+    cfgs: &BTreeMap<String, (FusedConfig, Vec<String>)>,
+) -> Judgement {
+    let mut j = Judgement::default();
+    for (clip, (c, notes)) in cfgs {
+        j.notes.insert(clip.clone(), notes.clone());
+        j.thresholds.insert(clip.clone(), c.describe());
+    }
+    for s in sessions.iter().filter(|s| s.plan.part == Part::Test) {
+        let Some((cfg, _)) = cfgs.get(&s.clip) else {
+            continue;
+        };
+        let f_ms = s.frames.get(1).map_or(100, |f| f.pts_ms.max(1));
+        let dur = s.frames.last().map_or(0, |f| f.pts_ms + f_ms);
+        let (events, _) = replay(s, cfg);
+        let starts: Vec<&Event> = events.iter().filter(|e| e.phase == Phase::Start).collect();
+        let (attack_lo, attack_hi) = s
+            .plan
+            .stretch
+            .map_or((u64::MAX, u64::MAX), |st| (st.start_ms, st.end_ms + 1000));
+        j.clean_hours +=
+            dur.saturating_sub(attack_hi.saturating_sub(attack_lo).min(dur)) as f64 / 3.6e6;
+        for e in &starts {
+            // The start message is sent at the frame it fired; its pts_ms is that frame.
+            if !(attack_lo..attack_hi).contains(&e.pts_ms) {
+                j.false_alarms += 1;
+            }
+        }
+        let Some(st) = s.plan.stretch else {
+            continue;
+        };
+        let k = j.kinds.entry((s.clip.clone(), st.kind)).or_default();
+        k.n += 1;
+        let inside: Vec<&&Event> = starts
+            .iter()
+            .filter(|e| (st.start_ms..st.end_ms).contains(&e.pts_ms))
+            .collect();
+        k.events += starts
+            .iter()
+            .filter(|e| (st.start_ms..st.end_ms + 1000).contains(&e.pts_ms))
+            .count();
+        if let Some(first) = inside.first() {
+            k.detected += 1;
+            if first.detector == st.kind.intended_signal()
+                || first
+                    .signals
+                    .iter()
+                    .any(|n| n.signal == st.kind.intended_signal())
+            {
+                k.by_intended += 1;
+            }
+            k.latency_frames
+                .push((first.pts_ms - st.start_ms) as f64 / f_ms as f64);
+            let end = events
+                .iter()
+                .find(|e| e.phase == Phase::End && e.event_id == first.event_id);
+            if let Some(end) = end
+                && end.pts_ms + 1 >= st.end_ms.saturating_sub(f_ms)
+                && end.pts_ms <= st.end_ms + 1000
+            {
+                k.ended_in_1s += 1;
+            }
+            if st.kind.in_scene() {
+                let frame = s.frames.iter().find(|f| f.pts_ms == first.pts_ms);
+                if let (Some(f), Some(b)) = (frame, first.bbox)
+                    && let Some(pb) = f.patch_box
+                {
+                    k.iou.push(iou(b, pb));
+                }
+            }
+        }
+    }
+    j
+}
+
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    crate::detector::calibrate::quantile_sorted(&s, q)
+}
+
+/// The operator's table: one row per clip and kind, and the false-alarm row.
+pub fn table(j: &Judgement) -> Table {
+    let mut t = Table::new(&[
+        "clip",
+        "kind",
+        "stretches",
+        "detected",
+        "by intended signal",
+        "frames to alert (median / p95)",
+        "ends ≤ 1 s after",
+        "events per stretch",
+        "patch IoU (median)",
+    ]);
+    let mut totals: BTreeMap<StretchKind, KindStats> = BTreeMap::new();
+    for ((clip, kind), k) in &j.kinds {
+        row(&mut t, clip, *kind, k);
+        let a = totals.entry(*kind).or_default();
+        a.n += k.n;
+        a.detected += k.detected;
+        a.by_intended += k.by_intended;
+        a.latency_frames.extend(&k.latency_frames);
+        a.ended_in_1s += k.ended_in_1s;
+        a.events += k.events;
+        a.iou.extend(&k.iou);
+    }
+    for (kind, k) in &totals {
+        row(&mut t, "**all**", *kind, k);
+    }
+    t
+}
+
+fn row(t: &mut Table, clip: &str, kind: StretchKind, k: &KindStats) {
+    let share = |a: usize| format!("{:.2} ({a}/{})", a as f64 / k.n.max(1) as f64, k.n);
+    t.rows.push(vec![
+        clip.to_string(),
+        kind.name().to_string(),
+        k.n.to_string(),
+        share(k.detected),
+        share(k.by_intended),
+        if k.latency_frames.is_empty() {
+            "-".into()
+        } else {
+            format!(
+                "{:.0} / {:.0}",
+                quantile(&k.latency_frames, 0.5),
+                quantile(&k.latency_frames, 0.95)
+            )
+        },
+        if k.detected == 0 {
+            "-".into()
+        } else {
+            format!("{:.2}", k.ended_in_1s as f64 / k.detected as f64)
+        },
+        format!("{:.2}", k.events as f64 / k.n.max(1) as f64),
+        if k.iou.is_empty() {
+            "-".into()
+        } else {
+            format!("{:.2}", quantile(&k.iou, 0.5))
+        },
+    ]);
+}
+
+/// False alarms per hour and detection within 5 frames, as every threshold is scaled by
+/// each factor: the operator's trade-off curve.
+pub fn tradeoff(
+    sessions: &[SessionRec],
+    cfgs: &BTreeMap<String, (FusedConfig, Vec<String>)>,
+    factors: &[f64],
+) -> Vec<(f64, f64, f64)> {
+    factors
+        .iter()
+        .map(|&a| {
+            let scaled: BTreeMap<String, (FusedConfig, Vec<String>)> = cfgs
+                .iter()
+                .map(|(k, (c, n))| {
+                    let mut c = c.clone();
+                    for (_, s) in c.signals.iter_mut() {
+                        s.threshold *= a;
+                        s.end_threshold *= a;
+                    }
+                    (k.clone(), (c, n.clone()))
+                })
+                .collect();
+            let j = judge(sessions, &scaled);
+            let (mut n, mut fast) = (0usize, 0usize);
+            for k in j.kinds.values() {
+                n += k.n;
+                fast += k.latency_frames.iter().filter(|&&l| l <= 5.0).count();
+            }
+            (
+                a,
+                j.false_alarms as f64 / j.clean_hours.max(1e-9),
+                fast as f64 / n.max(1) as f64,
+            )
+        })
+        .collect()
+}
+
+/// Plots: the trade-off curve, and score traces of a few attacked sessions with the stretch
+/// shaded.
+pub fn plots(
+    dir: &Path,
+    model: &str,
+    sessions: &[SessionRec],
+    cfgs: &BTreeMap<String, (FusedConfig, Vec<String>)>,
+    curve: &[(f64, f64, f64)],
+) -> anyhow::Result<()> {
+    let text = crate::viz::font_available();
+    {
+        let path = dir.join("tradeoff.png");
+        let mut buf = vec![255u8; 720 * 480 * 3];
+        let root = BitMapBackend::with_buffer(&mut buf, (720, 480)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let xmax = curve.iter().map(|c| c.1).fold(1.0, f64::max) * 1.1;
+        let mut b = ChartBuilder::on(&root);
+        b.margin(12);
+        if text {
+            b.caption(
+                format!("{model}: false alarms vs detection ≤ 5 frames"),
+                ("sans-serif", 18),
+            )
+            .x_label_area_size(36)
+            .y_label_area_size(44);
+        }
+        let mut ch = b.build_cartesian_2d(0f64..xmax, 0f64..1.02f64)?;
+        if text {
+            ch.configure_mesh()
+                .x_desc("false alarms per camera-hour")
+                .y_desc("stretches detected within 5 frames")
+                .draw()?;
+        }
+        ch.draw_series(LineSeries::new(curve.iter().map(|c| (c.1, c.2)), &BLUE))?;
+        ch.draw_series(
+            curve
+                .iter()
+                .map(|c| Circle::new((c.1, c.2), 3, BLUE.filled())),
+        )?;
+        root.present()?;
+        drop(ch);
+        drop(root);
+        save_png(&path, buf, 720, 480)?;
+    }
+    let mut shown = 0;
+    for s in sessions.iter().filter(|s| s.plan.stretch.is_some()) {
+        if shown >= 4 {
+            break;
+        }
+        let Some(st) = s.plan.stretch else { continue };
+        if shown > 0 && s.plan.stretch.map(|x| x.kind) == sessions[0].plan.stretch.map(|x| x.kind) {
+            continue;
+        }
+        let Some((cfg, _)) = cfgs.get(&s.clip) else {
+            continue;
+        };
+        let (_, trace) = replay(s, cfg);
+        let path = dir.join(format!("trace-{}-{}.png", st.kind.name(), s.plan.id));
+        let mut buf = vec![255u8; 900 * 320 * 3];
+        let root = BitMapBackend::with_buffer(&mut buf, (900, 320)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let tmax = trace.last().map_or(1.0, |t| t.pts_ms as f64 / 1000.0);
+        let ymax = trace
+            .iter()
+            .flat_map(|t| t.ratios.iter().map(|r| r.1))
+            .fold(1.5, f64::max)
+            .min(20.0);
+        let mut b = ChartBuilder::on(&root);
+        b.margin(10);
+        if text {
+            b.caption(
+                format!(
+                    "{model} · {} · {} (shaded: attack; y = score / threshold)",
+                    s.clip, st.kind
+                ),
+                ("sans-serif", 16),
+            )
+            .x_label_area_size(30)
+            .y_label_area_size(40);
+        }
+        let mut ch = b.build_cartesian_2d(0f64..tmax, 0f64..ymax)?;
+        if text {
+            ch.configure_mesh().x_desc("stream time, s").draw()?;
+        }
+        ch.draw_series(std::iter::once(Rectangle::new(
+            [
+                (st.start_ms as f64 / 1000.0, 0.0),
+                (st.end_ms as f64 / 1000.0, ymax),
+            ],
+            RGBColor(255, 200, 200).filled(),
+        )))?;
+        ch.draw_series(std::iter::once(PathElement::new(
+            vec![(0.0, 1.0), (tmax, 1.0)],
+            BLACK,
+        )))?;
+        let colors = [BLUE, GREEN, MAGENTA];
+        let names: Vec<String> = trace
+            .first()
+            .map_or(vec![], |t| t.ratios.iter().map(|r| r.0.clone()).collect());
+        for (i, name) in names.iter().enumerate() {
+            let c = colors[i % colors.len()];
+            let s = ch.draw_series(LineSeries::new(
+                trace
+                    .iter()
+                    .map(|t| (t.pts_ms as f64 / 1000.0, t.ratios[i].1.min(ymax))),
+                c,
+            ))?;
+            if text {
+                s.label(name.clone())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c));
+            }
+        }
+        ch.draw_series(
+            trace
+                .iter()
+                .filter(|t| t.in_event)
+                .map(|t| Circle::new((t.pts_ms as f64 / 1000.0, ymax * 0.97), 2, RED.filled())),
+        )?;
+        if text {
+            ch.configure_series_labels().border_style(BLACK).draw()?;
+        }
+        root.present()?;
+        drop(ch);
+        drop(root);
+        save_png(&path, buf, 900, 320)?;
+        shown += 1;
+    }
+    Ok(())
+}
+
+fn save_png(path: &Path, buf: Vec<u8>, w: u32, h: u32) -> anyhow::Result<()> {
+    let img = image::RgbImage::from_raw(w, h, buf).ok_or_else(|| anyhow::anyhow!("plot buffer"))?;
+    img.save(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// The onset margin: per stretch kind, the median over stretches of the largest onset score in
+/// the first 5 frames of the stretch, divided by the largest onset score on the clean test
+/// footage of the same clip. Above 1 the onset stands out from every clean jump.
+pub fn onset_margins(sessions: &[SessionRec], base: &FusedConfig) -> BTreeMap<StretchKind, f64> {
+    let mut clean_max: BTreeMap<String, f64> = BTreeMap::new();
+    let mut peaks: Vec<(String, StretchKind, f64)> = Vec::new();
+    for s in sessions.iter().filter(|s| s.plan.part == Part::Test) {
+        let scores = budget::signal_scores(&samples(s), base, crate::detector::SignalKind::Onset);
+        let (lo, hi) = s
+            .plan
+            .stretch
+            .map_or((u64::MAX, u64::MAX), |st| (st.start_ms, st.end_ms + 1000));
+        let mut onset_peak: f64 = 0.0;
+        for (f, v) in s.frames.iter().zip(&scores) {
+            if (lo..hi).contains(&f.pts_ms) {
+                if f.pts_ms < lo + 5 * s.frames.get(1).map_or(100, |g| g.pts_ms) {
+                    onset_peak = onset_peak.max(*v);
+                }
+            } else {
+                let m = clean_max.entry(s.clip.clone()).or_insert(0.0);
+                *m = m.max(*v);
+            }
+        }
+        if let Some(st) = s.plan.stretch
+            && st.kind.has_onset()
+        {
+            peaks.push((s.clip.clone(), st.kind, onset_peak));
+        }
+    }
+    let mut by: BTreeMap<StretchKind, Vec<f64>> = BTreeMap::new();
+    for (clip, kind, p) in peaks {
+        let c = clean_max.get(&clip).copied().unwrap_or(0.0).max(1e-9);
+        by.entry(kind).or_default().push(p / c);
+    }
+    by.into_iter()
+        .map(|(k, v)| (k, quantile(&v, 0.5)))
+        .collect()
+}

@@ -1,0 +1,144 @@
+//! One camera's path through a worker: frame → (`--inject`) → guard → response statistics →
+//! detector state → outputs. Everything a frame needs is computed once here, the response
+//! magnitude included, and shared by the statistics, the event heat map and the overlay.
+
+use super::inject::InjectSpec;
+use super::output::{Outputs, ScoredFrame};
+use super::{CameraPlan, CameraSummary, overlay};
+use crate::detector::FrameInput;
+use crate::detector::cut::GrayThumb;
+use crate::detector::event::ClassGuess;
+use crate::detector::state::CameraState;
+use crate::engine::{Guard, top_k};
+use crate::response::{self, ResponseConfig};
+use crate::source::Frame;
+use image::RgbImage;
+use std::time::Instant;
+
+/// A camera's detector state and outputs, owned by the worker it is pinned to.
+pub(super) struct CameraPipeline {
+    pub plan: CameraPlan,
+    state: Box<dyn CameraState>,
+    /// Driving score's name and threshold (captions).
+    headline: (String, f64),
+    outputs: Outputs,
+    /// The previous frame's thumbnail (scene cuts).
+    prev_thumb: Option<GrayThumb>,
+    pub processed: u64,
+    pub done: bool,
+}
+
+impl CameraPipeline {
+    pub fn new(plan: CameraPlan, state: Box<dyn CameraState>, outputs: Outputs) -> Self {
+        CameraPipeline {
+            headline: state.headline(),
+            plan,
+            state,
+            outputs,
+            prev_thumb: None,
+            processed: 0,
+            done: false,
+        }
+    }
+
+    /// Scores one frame and hands it to every output.
+    pub fn score(
+        &mut self,
+        guard: &mut Guard,
+        plain: Option<&mut Guard>,
+        cfg: &ResponseConfig,
+        f: Frame,
+    ) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        let (w, h) = (f.width, f.height);
+        let mut rgb = f.rgb;
+        let mut injected = false;
+        if let (Some(spec), Some(pg)) = (self.plan.inject.as_ref(), plain)
+            && spec.covers(f.pts_ms)
+        {
+            rgb = InjectSpec::apply(spec, pg, &rgb, w, h)?;
+            injected = true;
+        }
+        let out = guard.run_rgb8(&rgb, w, h)?;
+        let probs = out.probs();
+        let k = top_k(&probs, 1).first().copied().unwrap_or(0);
+        let (stats, magnitude) = response::analyze_with_magnitude(out.response.view(), cfg);
+        let top1 = ClassGuess {
+            index: k,
+            label: guard.labels().get(k).cloned().unwrap_or_default(),
+            prob: probs.get(k).copied().unwrap_or(0.0),
+        };
+        let thumb = GrayThumb::new(&rgb, w, h);
+        let pixel_change = self.prev_thumb.as_ref().map(|p| thumb.change(p));
+        self.prev_thumb = Some(thumb);
+        let image = RgbImage::from_raw(w, h, rgb).unwrap_or_else(|| RgbImage::new(w, h));
+        // The response is at model-input resolution, which is the frame's (the source scales).
+        let bbox = Some(stats.bbox);
+        let input = FrameInput {
+            pts_ms: f.pts_ms,
+            probs: &probs,
+            stats: &stats,
+            top1: top1.clone(),
+            bbox,
+            pixel_change,
+        };
+        let peak_caption = format!(
+            "{} {} peak  {} ({:.2})",
+            self.plan.name,
+            self.headline.0,
+            top1.label.split(',').next().unwrap_or(""),
+            top1.prob
+        );
+        let mut media = || {
+            let heat = overlay::render(&image, magnitude.view(), bbox, &peak_caption, true);
+            (
+                Some(crate::viz::jpeg_bytes(&image)),
+                Some(crate::viz::png_bytes(&heat)),
+            )
+        };
+        let obs = self.state.observe(&input, &mut media);
+        self.processed += 1;
+        let scored = ScoredFrame {
+            camera: &self.plan.name,
+            seq: f.seq,
+            pts_ms: f.pts_ms,
+            image: &image,
+            probs: &probs,
+            stats: &stats,
+            magnitude: magnitude.view(),
+            top1: &top1,
+            obs: &obs,
+            injected,
+            pixel_change,
+            proc_s: t0.elapsed().as_secs_f64(),
+            age_s: f.captured.elapsed().as_secs_f64(),
+        };
+        self.outputs.frame(&scored);
+        Ok(())
+    }
+
+    /// Ends the camera: closes an open event, finishes the outputs, and returns its summary.
+    pub fn end(&mut self, error: Option<String>) -> CameraSummary {
+        self.done = true;
+        if let Some(ev) = self.state.finish() {
+            self.outputs.event(&ev);
+        }
+        let mut summary = CameraSummary {
+            processed: self.processed,
+            error,
+            ..Default::default()
+        };
+        self.outputs.finish(&mut summary);
+        summary
+    }
+
+    /// The detector in force, for logs.
+    pub fn describe(&self) -> String {
+        self.state.describe()
+    }
+
+    /// Output names, for logs.
+    pub fn output_names(&self) -> Vec<&'static str> {
+        self.outputs.names()
+    }
+}
