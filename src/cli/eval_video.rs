@@ -99,7 +99,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.cal_fraction
         );
     }
-    if !(args.budget > 0.0) {
+    if args.budget.is_nan() || args.budget <= 0.0 {
         anyhow::bail!(
             "--budget must be > 0 false alarms per camera-hour, got {}",
             args.budget

@@ -16,6 +16,7 @@
 //!    (peaks-over-threshold with a Generalised-Pareto shape of 0; Coles 2001, ch. 4):
 //!    t = u + σ · ln(rate(u) / budget), σ = mean excess over u.
 //! 4. the chosen threshold is replayed on the footage and the events it still gives are stored.
+//!
 //! The budget is shared equally among the signals in force.
 
 use super::camera::FrameInput;
@@ -130,7 +131,7 @@ fn peaks(fire: &[f64], pts: &[u64], floor: f64, gap_ms: u64) -> Vec<f64> {
     let mut out = Vec::new();
     let mut cur: Option<(f64, u64)> = None;
     for (&f, &t) in fire.iter().zip(pts) {
-        if !(f > floor) {
+        if f.is_nan() || f <= floor {
             continue;
         }
         match cur {

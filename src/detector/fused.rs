@@ -568,7 +568,7 @@ impl FusedDetector {
                         .take()
                         .filter(|o| o.pts_ms == start && o.pts_ms != f.pts_ms)
                         .map(|mut o| {
-                            o.score = o.score / s.cfg.threshold.max(f64::MIN_POSITIVE);
+                            o.score /= s.cfg.threshold.max(f64::MIN_POSITIVE);
                             o
                         });
                     self.tracker.set_detector(s.kind.name(), s.cfg.threshold);
@@ -773,7 +773,7 @@ mod tests {
     }
 
     fn flicker(i: usize) -> Vec<f32> {
-        let mut p = vec![0.01f32; 10];
+        let mut p = [0.01f32; 10];
         p[i % 2] = 0.5;
         p[(i + 1) % 2] = 0.35;
         let s: f32 = p.iter().sum();
@@ -782,7 +782,7 @@ mod tests {
 
     fn attacked(i: usize) -> Vec<f32> {
         // Per-frame FGSM: mass on odd classes, jumping between them from frame to frame.
-        let mut p = vec![0.01f32; 10];
+        let mut p = [0.01f32; 10];
         p[5 + i % 3] = 0.9;
         let s: f32 = p.iter().sum();
         p.iter().map(|v| v / s).collect()
@@ -818,7 +818,7 @@ mod tests {
     #[test]
     fn a_scene_cut_is_not_an_attack_but_the_same_jump_without_it_is() {
         let shift = |i: usize| {
-            let mut p = vec![0.01f32; 10];
+            let mut p = [0.01f32; 10];
             p[8] = 0.9;
             let _ = i;
             let s: f32 = p.iter().sum();
