@@ -338,16 +338,8 @@ pub fn paste_in_scene(
     ]
 }
 
-/// Intersection over union of two [x, y, w, h] boxes.
-pub fn iou(a: [u32; 4], b: [u32; 4]) -> f64 {
-    let (ax1, ay1) = (a[0] + a[2], a[1] + a[3]);
-    let (bx1, by1) = (b[0] + b[2], b[1] + b[3]);
-    let iw = ax1.min(bx1).saturating_sub(a[0].max(b[0])) as f64;
-    let ih = ay1.min(by1).saturating_sub(a[1].max(b[1])) as f64;
-    let inter = iw * ih;
-    let union = (a[2] * a[3] + b[2] * b[3]) as f64 - inter;
-    if union > 0.0 { inter / union } else { 0.0 }
-}
+/// Intersection over union of two [x, y, w, h] boxes (the response statistics' own).
+pub use crate::response::region::iou;
 
 #[cfg(test)]
 mod tests {
