@@ -324,8 +324,13 @@ fn undecodable_record_is_dropped_counted_and_the_others_delivered() {
 
 /// Submits events with 64 KiB snapshots to a hub whose spool cannot grow past a limit, and
 /// checks that the losses are counted, `submit` stays fast and delivery resumes.
+///
+/// The receiver is down during phase 1 (a directory stands where the sink's file goes), as
+/// it is when a spool fills in the field: with a live receiver a fast machine delivers as
+/// fast as it spools and the disk never fills.
 fn run_full_disk(spool_path: &Path, out_dir: &Path, free_space: &dyn Fn()) -> String {
     let out = out_dir.join("events.jsonl");
+    std::fs::create_dir(&out).unwrap();
     let f = AlertFile::parse(&format!(
         "[[sink]]\nkind = \"file\"\npath = \"{}\"\nmax_bytes = 200000\nkeep = 1\n\
          [spool]\npath = \"{}\"\nqueue = 64\nretry_initial_ms = 20\nretry_max_ms = 100\n",
@@ -350,7 +355,8 @@ fn run_full_disk(spool_path: &Path, out_dir: &Path, free_space: &dyn Fn()) -> St
         std::thread::sleep(Duration::from_millis(2));
     }
     let failed_at = i;
-    // Phase 2: space comes back; fresh events must be spooled and delivered again.
+    // Phase 2: the receiver and space come back; fresh events must be spooled and delivered.
+    std::fs::remove_dir(&out).unwrap();
     free_space();
     let deadline = Instant::now() + Duration::from_secs(60);
     let before = hub.metrics().spooled.get();
