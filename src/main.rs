@@ -40,6 +40,8 @@ enum Cmd {
     Fit(cli::fit::Args),
     /// Find or download a demo clip (URL + sha256, like the models); prints its path.
     FetchClip(cli::fetch_clip::Args),
+    /// Soak test: live RTSP cameras for an hour, the server killed every 5 minutes; RSS, age, drops.
+    Soak(cli::soak::Args),
     /// Alert tools: send a test event through the sinks, drain the spool, show its state.
     Alert(cli::alert::Args),
 }
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Cmd::Fit(a) => cli::fit::run(a),
         Cmd::Alert(a) => cli::alert::run(a),
         Cmd::FetchClip(a) => cli::fetch_clip::run(a),
+        Cmd::Soak(a) => cli::soak::run(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -153,6 +153,7 @@ fn ev(event_id: &str, seq: u32, phase: Phase, jpeg: Option<Arc<Vec<u8>>>) -> Eve
         top1: None,
         bbox: None,
         top1_before: None,
+        interrupted: false,
         signals: Vec::new(),
         snapshot_jpeg: jpeg,
         heatmap_png: None,

@@ -31,6 +31,7 @@ pub fn ev(event_id: &str, seq: u32, phase: Phase, camera: &str) -> Event {
         top1: None,
         bbox: None,
         top1_before: None,
+        interrupted: false,
         signals: Vec::new(),
         snapshot_jpeg: None,
         heatmap_png: None,

@@ -43,6 +43,7 @@ fn ev(event_id: &str, seq: u32) -> Event {
         top1: None,
         bbox: None,
         top1_before: None,
+        interrupted: false,
         signals: Vec::new(),
         snapshot_jpeg: if seq == 0 {
             Some(Arc::new(vec![0xFF, 0xD8, 0xFF, 0xD9]))

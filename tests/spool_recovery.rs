@@ -38,6 +38,7 @@ fn ev(i: u32, attachment: usize) -> Event {
         top1: None,
         bbox: Some([i, 2, 56, 56]),
         top1_before: None,
+        interrupted: false,
         signals: Vec::new(),
         // Distinct bytes per event, so a record mixed up with another is caught.
         snapshot_jpeg: (attachment > 0)
@@ -306,13 +307,22 @@ fn undecodable_record_is_dropped_counted_and_the_others_delivered() {
     let hub = AlertHub::start(&f.sink, &f.spool, &AlertsConfig::pass_all()).unwrap();
     assert!(hub.wait_idle(Duration::from_secs(20)));
     assert_eq!(hub.metrics().dropped_count("spool_corrupt"), 1);
+    let hub_interrupted = hub.metrics().interrupted.get();
     hub.shutdown(Duration::from_secs(5));
-    let ids: Vec<String> = std::fs::read_to_string(&out)
+    let got: Vec<Event> = std::fs::read_to_string(&out)
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str::<Event>(l).unwrap().id)
+        .map(|l| serde_json::from_str::<Event>(l).unwrap())
         .collect();
-    assert_eq!(ids, ["e-0", "e-1", "e-3", "e-4"]);
+    let ids: Vec<&str> = got.iter().map(|e| e.id.as_str()).collect();
+    // The event had no end when this "run" started: the hub closes it as interrupted.
+    assert_eq!(ids, ["e-0", "e-1", "e-3", "e-4", "e-5"]);
+    let last = got.last().unwrap();
+    assert!(last.interrupted && last.phase == Phase::End && last.seq == 5);
+    assert_eq!(
+        hub_interrupted, 1,
+        "advguard_alert_interrupted_total counts the closed event"
+    );
     assert_eq!(
         Spool::open(&p, 1000, &["file".into()])
             .unwrap()

@@ -8,6 +8,8 @@
 #[path = "common/rtsp.rs"]
 mod rtsp;
 
+#[path = "common/proc.rs"]
+mod proc;
 #[path = "common/port.rs"]
 mod port;
 use port::free_port;
@@ -75,24 +77,12 @@ fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
 
 /// SIGTERM, then the exit status and stderr.
 fn terminate(mut child: Child) -> (std::process::ExitStatus, String) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let t = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            return (st, err);
-        }
-        if t.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            panic!("watch did not exit within 30 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let st = proc::terminate(&mut child);
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
     }
+    (st, err)
 }
 
 fn finite(v: &Value, k: &str) -> bool {

@@ -294,6 +294,7 @@ fn plan(collect: bool, frames_out: &Path) -> WatchPlan {
         events_stdout: false,
         alerts: None,
         metrics_addr: None,
+        page_token: None,
         max_frames: None,
         collect,
     }

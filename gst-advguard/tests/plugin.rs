@@ -394,7 +394,7 @@ fn a_bad_property_is_one_clear_error() {
         ),
         (
             "backend=gpu",
-            "backend=gpu: unknown backend \"gpu\" (tract, ort, ort-cuda, tensorrt)",
+            "backend=gpu: unknown backend \"gpu\" (auto, tract, ort, ort-cuda, tensorrt)",
         ),
         ("inject=pgd:from=1:to=2", "inject=pgd:from=1:to=2: "),
         (

@@ -41,6 +41,8 @@ pub struct AlertMetrics {
     pub spooled: Counter,
     /// `advguard_alert_submitted_total`: events handed to `submit`.
     pub submitted: Counter,
+    /// `advguard_alert_interrupted_total`: events a previous run left open, closed at start-up.
+    pub interrupted: Counter,
 }
 
 impl AlertMetrics {
@@ -82,6 +84,11 @@ impl AlertMetrics {
             "submitted",
             "Events submitted to the alert hub",
             self.submitted.clone(),
+        );
+        r.register(
+            "interrupted",
+            "Events left open by a previous run (crash, kill) and closed at start-up",
+            self.interrupted.clone(),
         );
     }
 

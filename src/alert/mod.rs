@@ -123,6 +123,39 @@ pub struct AlertHub {
     stop_tx: Option<Sender<()>>,
 }
 
+/// Spools an `interrupted` end for every event that a previous run left open (it was
+/// killed mid-event), before any sink starts, so receivers see each such event closed.
+/// Returns how many; a spool error is logged and start-up goes on.
+fn close_interrupted(spool: &Spool) -> u64 {
+    let open = match spool.open_events() {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!("cannot read the events left open by a previous run: {e}");
+            return 0;
+        }
+    };
+    if open.is_empty() {
+        return 0;
+    }
+    let now = crate::detector::tracker::now_rfc3339();
+    let ends: Vec<Event> = open.iter().map(|ev| ev.interrupted_end(now.clone())).collect();
+    for ev in &ends {
+        tracing::warn!(
+            camera = %ev.camera,
+            event_id = %ev.event_id,
+            since = %ev.start_time,
+            "event left open by a previous run (killed?): closing it as interrupted"
+        );
+    }
+    match spool.append(&ends) {
+        Ok(_) => ends.len() as u64,
+        Err(e) => {
+            tracing::warn!("cannot spool the ends of {} interrupted events: {e}", ends.len());
+            0
+        }
+    }
+}
+
 /// Retry timing.
 #[derive(Clone, Copy, Debug)]
 struct Backoff {
@@ -179,6 +212,9 @@ impl AlertHub {
                     .get_or_create(&AlertMetrics::reason("spool_corrupt"))
                     .inc_by(lost);
             }
+        }
+        if let Some(s) = &spool_db {
+            shared.metrics.interrupted.inc_by(close_interrupted(s));
         }
         let backoff = Backoff {
             initial: Duration::from_millis(spool.retry_initial_ms.max(1)),

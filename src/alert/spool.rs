@@ -16,8 +16,12 @@
 //!   [`SpoolError::Internal`]; a redb handle that panicked is never written to again.
 //! - After an I/O error (disk full) redb refuses every later transaction; the spool then
 //!   reopens the file, at most once a second, until that works again.
+//!
+//! `open` tracks the events whose `end` was not spooled yet, in the same transaction as
+//! their messages, so that after a crash [`Spool::open_events`] names the events left open
+//! and the hub can close them (see `AlertHub::start`). A salvaged file loses this table.
 
-use crate::detector::event::Event;
+use crate::detector::event::{Event, Phase};
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::cell::{Cell, RefCell};
 use std::io::Read;
@@ -29,6 +33,8 @@ use std::time::{Duration, Instant};
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// `event_id` → JSON of the latest spooled message of every event whose `end` was not spooled.
+const OPEN: TableDefinition<&str, &[u8]> = TableDefinition::new("open");
 const MAGIC: &[u8; 4] = b"AGS1";
 /// The first bytes of every redb file (redb's `MAGICNUMBER`).
 const REDB_MAGIC: &[u8; 9] = b"redb\x1a\x0a\xa9\x0d\x0a";
@@ -379,6 +385,16 @@ impl Spool {
                 let mut next = meta_get(&meta, "next_seq")?;
                 let dropped = meta_get(&meta, "dropped")?;
                 let mut tab = txn.open_table(EVENTS).map_err(dberr)?;
+                let mut open = txn.open_table(OPEN).map_err(dberr)?;
+                for ev in events {
+                    if ev.phase == Phase::End {
+                        open.remove(ev.event_id.as_str()).map_err(dberr)?;
+                    } else {
+                        let json = serde_json::to_vec(ev).expect("event serializes");
+                        open.insert(ev.event_id.as_str(), json.as_slice())
+                            .map_err(dberr)?;
+                    }
+                }
                 for rec in &records {
                     while tab.len().map_err(dberr)? >= self.max_events {
                         if tab.pop_first().map_err(dberr)?.is_none() {
@@ -397,6 +413,34 @@ impl Spool {
             txn.commit().map_err(dberr)?;
             Ok(out)
         })
+    }
+
+    /// The latest spooled message of every event whose `end` was never spooled: at start-up,
+    /// the events that a previous run left open when it died. Oldest first.
+    pub fn open_events(&self) -> Result<Vec<Event>, SpoolError> {
+        let raw = self.with_db("reading open events", |db| {
+            let txn = db.begin_read().map_err(dberr)?;
+            let open = match txn.open_table(OPEN) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(dberr(e)),
+            };
+            let mut out = Vec::new();
+            for r in open.iter().map_err(dberr)? {
+                let (k, v) = r.map_err(dberr)?;
+                out.push((k.value().to_string(), v.value().to_vec()));
+            }
+            Ok(out)
+        })?;
+        let mut events = Vec::new();
+        for (id, json) in raw {
+            match serde_json::from_slice::<Event>(&json) {
+                Ok(ev) => events.push(ev),
+                Err(e) => tracing::warn!(event_id = %id, "open-event record unreadable, skipped: {e}"),
+            }
+        }
+        events.sort_by(|a, b| a.time.cmp(&b.time));
+        Ok(events)
     }
 
     /// The next event `sink` has to deliver. A record that does not decode is
@@ -568,6 +612,7 @@ fn init_tables(db: &Database, sinks: &[String]) -> Result<(), SpoolError> {
     let txn = db.begin_write().map_err(dberr)?;
     {
         let _ = txn.open_table(EVENTS).map_err(dberr)?;
+        let _ = txn.open_table(OPEN).map_err(dberr)?;
         let meta = txn.open_table(META).map_err(dberr)?;
         let next = meta_get(&meta, "next_seq")?;
         let mut cur = txn.open_table(CURSORS).map_err(dberr)?;

@@ -168,6 +168,7 @@ fn test_events(count: u32, camera: &str) -> Vec<Event> {
                 }),
                 bbox: Some([8, 8, 32, 24]),
                 top1_before: None,
+                interrupted: false,
                 signals: Vec::new(),
                 snapshot_jpeg: if att { jpeg.clone() } else { None },
                 heatmap_png: if att { png.clone() } else { None },

@@ -62,6 +62,7 @@ fn plan(
         events_stdout: false,
         alerts: None,
         metrics_addr: None,
+        page_token: None,
         max_frames: Some(args.stream_frames),
         collect: false,
     })
@@ -137,7 +138,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!(
         "advguard bench: model {} on {}, {} cores (load average {load} while measuring: other work shares them), video {}",
         args.model.model_name,
-        format!("{:?}", args.model.backend).to_lowercase(),
+        format!("{:?}", args.model.backend.resolve()).to_lowercase(),
         cores,
         video.display()
     );

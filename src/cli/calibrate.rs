@@ -76,6 +76,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         events_stdout: false,
         alerts: None,
         metrics_addr: None,
+        page_token: None,
         max_frames: args.src.max_frames,
         collect: true,
     };

@@ -12,6 +12,7 @@ pub mod explain;
 pub mod fetch_clip;
 pub mod fit;
 pub mod score;
+pub mod soak;
 pub mod watch;
 
 /// Logs go to stderr so stdout stays machine-readable (events, tables). tract warns about
@@ -45,8 +46,9 @@ pub struct ModelArgs {
     /// Model file; otherwise $ADVGUARD_MODELS, the cache dir, then the manifest's download.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Backend: tract (pure Rust CPU), ort, ort-cuda, tensorrt.
-    #[arg(long, default_value = "tract")]
+    /// Backend: auto (ONNX Runtime when its library is found, else tract), tract (pure Rust
+    /// CPU), ort, ort-cuda, tensorrt. The choice is logged.
+    #[arg(long, default_value = "auto")]
     pub backend: BackendKind,
     /// Backward mode: guided (the paper) or plain (the true gradient).
     #[arg(long, default_value = "guided", value_parser = parse_mode)]

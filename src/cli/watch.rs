@@ -69,9 +69,14 @@ pub struct Args {
     /// rtsp://HOST:PORT/PATH (with several cameras, OUT-<camera>.mp4 / PATH-<camera>).
     #[arg(long)]
     pub overlay: Option<PathBuf>,
-    /// `/metrics` and `/healthz` address (`off` to disable) [default: 127.0.0.1:9464].
+    /// `/metrics` and `/healthz` address, also serving the live page `/` (`off` to disable)
+    /// [default: 127.0.0.1:9464].
     #[arg(long)]
     pub metrics_addr: Option<String>,
+    /// Token the live page requires (`Authorization: Bearer TOKEN` or `?token=TOKEN`); without
+    /// one the page is served only on a loopback address.
+    #[arg(long, env = "ADVGUARD_PAGE_TOKEN", hide_env_values = true)]
+    pub page_token: Option<String>,
     /// Simulate a digital attacker on the feed: fgsm:eps=4:from=SEC:to=SEC[:target=CLASS].
     /// 8-bit FGSM (ε ≤ 8) on a plain-gradient guard, untargeted vs the clean top-1.
     #[arg(long)]
@@ -218,6 +223,7 @@ pub fn stop_flag() -> Arc<AtomicBool> {
 
 /// Runs `advguard watch`.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    advguard::watch::limit_malloc_arenas();
     let (drafts, file) = cameras(&args.src)?;
     let mut profiles: HashMap<PathBuf, Profile> = HashMap::new();
     let mut load_profile = |p: &Path| -> anyhow::Result<Profile> {
@@ -336,6 +342,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let explicit_metrics =
         args.metrics_addr.is_some() || file.as_ref().is_some_and(|f| f.metrics.is_some());
+    let page_token = args.page_token.clone().or_else(|| {
+        file.as_ref()
+            .and_then(|f| f.metrics.as_ref().and_then(|m| m.page_token.clone()))
+    });
     let alerts = file.map(|f| AlertPlan {
         sinks: f.sink,
         spool: f.spool,
@@ -351,6 +361,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         events_stdout: true,
         alerts,
         metrics_addr: metrics_addr.clone(),
+        page_token,
         max_frames: args.src.max_frames,
         collect: false,
     };

@@ -85,10 +85,32 @@ pub struct Event {
     /// Every signal that fired during the event, with its peak score and threshold (fused detector).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub signals: Vec<SignalNote>,
+    /// True on the `end` written at start-up for an event that a previous run left open (it
+    /// was killed or lost power mid-event); its scores are those of the last spooled message.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
     /// JPEG of the peak frame; delivered by sinks that carry attachments, never inside the JSON.
     #[serde(skip)]
     pub snapshot_jpeg: Option<Arc<Vec<u8>>>,
     /// PNG heat map of the peak frame's response; same rules as `snapshot_jpeg`.
     #[serde(skip)]
     pub heatmap_png: Option<Arc<Vec<u8>>>,
+}
+
+impl Event {
+    /// The `end` that closes this event after the process that owned it died: the next
+    /// message of the same event, stamped now, marked `interrupted`, without attachments.
+    pub fn interrupted_end(&self, time: String) -> Event {
+        let seq = self.seq + 1;
+        Event {
+            id: format!("{}-{seq}", self.event_id),
+            phase: Phase::End,
+            seq,
+            time,
+            interrupted: true,
+            snapshot_jpeg: None,
+            heatmap_png: None,
+            ..self.clone()
+        }
+    }
 }

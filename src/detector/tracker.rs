@@ -185,6 +185,7 @@ impl EventTracker {
             top1: o.top1.clone(),
             bbox: o.bbox,
             top1_before: None,
+            interrupted: false,
             signals: Vec::new(),
             snapshot_jpeg: o.snapshot_jpeg.clone(),
             heatmap_png: o.heatmap_png.clone(),

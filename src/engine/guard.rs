@@ -21,6 +21,28 @@ pub enum BackendKind {
     OrtCuda,
     /// ONNX Runtime, TensorRT provider (fails rather than falling back).
     OrtTensorRt,
+    /// ONNX Runtime's CPU provider when its library loads, tract otherwise (the CLI default).
+    Auto,
+}
+
+impl BackendKind {
+    /// The backend that will run: `Auto` becomes `OrtCpu` or `Tract`, the choice logged once.
+    pub fn resolve(self) -> BackendKind {
+        if self != BackendKind::Auto {
+            return self;
+        }
+        static CHOSEN: std::sync::OnceLock<BackendKind> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| match super::ort_backend::library() {
+            Ok(lib) => {
+                tracing::info!(lib = %lib, "backend auto: ONNX Runtime (CPU)");
+                BackendKind::OrtCpu
+            }
+            Err(e) => {
+                tracing::info!("backend auto: tract ({e}; `pip install onnxruntime` for the faster engine)");
+                BackendKind::Tract
+            }
+        })
+    }
 }
 
 impl FromStr for BackendKind {
@@ -28,12 +50,13 @@ impl FromStr for BackendKind {
     fn from_str(s: &str) -> Result<Self, String> {
         Ok(match s {
             "tract" => Self::Tract,
+            "auto" => Self::Auto,
             "ort" | "ort-cpu" | "onnxruntime" => Self::OrtCpu,
             "ort-cuda" | "cuda" => Self::OrtCuda,
             "ort-tensorrt" | "tensorrt" | "trt" => Self::OrtTensorRt,
             _ => {
                 return Err(format!(
-                    "unknown backend {s:?} (tract, ort, ort-cuda, tensorrt)"
+                    "unknown backend {s:?} (auto, tract, ort, ort-cuda, tensorrt)"
                 ));
             }
         })
@@ -88,11 +111,12 @@ impl Guard {
         let s = manifest.preprocess.size as usize;
         let shape = [1, 3, s, s];
         check_input(&model, manifest, &model_path, shape)?;
+        let backend = opts.backend.resolve();
         let graph = match &opts.compile {
             Some(c) => {
                 let mut c = c.clone();
                 c.input_shape.get_or_insert(shape);
-                c.target = match opts.backend {
+                c.target = match backend {
                     BackendKind::Tract => compile::Target::Tract,
                     _ => compile::Target::OnnxRuntime,
                 };
@@ -105,7 +129,7 @@ impl Guard {
             }
             None => model,
         };
-        let engine = open_engine(&graph, &manifest.input, shape, opts.backend)?;
+        let engine = open_engine(&graph, &manifest.input, shape, backend)?;
         let classes = 1000;
         let labels = manifest.labels(classes);
         Ok(Guard {
@@ -246,7 +270,7 @@ pub fn open_engine(
     shape: [usize; 4],
     backend: BackendKind,
 ) -> Result<Box<dyn Engine>, EngineError> {
-    Ok(match backend {
+    Ok(match backend.resolve() {
         BackendKind::Tract => {
             Box::new(super::tract_backend::TractEngine::new(graph, input, shape)?)
         }

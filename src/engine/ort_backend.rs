@@ -51,9 +51,21 @@ pub fn library_candidates() -> Vec<PathBuf> {
     out
 }
 
-/// The process-wide ORT environment; the library can be loaded once only.
-fn environment() -> Result<&'static ort::environment::Environment, EngineError> {
-    static ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+/// Intra-op threads of each ONNX Runtime session created from now on (see [`set_intra_threads`]).
+static INTRA_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+/// Sets the intra-op threads of sessions created from now on: `watch` gives each of its `n`
+/// engine workers `cores / n`, so that workers × threads fits the cores (one camera on two
+/// cores gets both). Default 1: one engine per worker thread.
+pub fn set_intra_threads(n: usize) {
+    INTRA_THREADS.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+type Loaded = Result<(ort::environment::Environment, String), String>;
+
+/// The process-wide ORT environment and the library it came from; loaded once only.
+fn loaded() -> &'static Loaded {
+    static ENV: OnceLock<Loaded> = OnceLock::new();
     ENV.get_or_init(|| {
         let mut tried = Vec::new();
         for p in library_candidates() {
@@ -64,7 +76,11 @@ fn environment() -> Result<&'static ort::environment::Environment, EngineError> 
             match ort::init_from(&p) {
                 Ok(b) => {
                     tracing::debug!(lib = %p.display(), "loaded ONNX Runtime");
-                    return b.with_name("advguard").build().map_err(|e| e.to_string());
+                    return b
+                        .with_name("advguard")
+                        .build()
+                        .map(|env| (env, p.display().to_string()))
+                        .map_err(|e| e.to_string());
                 }
                 Err(e) => tried.push(format!("{}: {e}", p.display())),
             }
@@ -74,8 +90,15 @@ fn environment() -> Result<&'static ort::environment::Environment, EngineError> 
             tried.join("; ")
         ))
     })
-    .as_ref()
-    .map_err(|e| err("ort", e))
+}
+
+fn environment() -> Result<&'static ort::environment::Environment, EngineError> {
+    loaded().as_ref().map(|(env, _)| env).map_err(|e| err("ort", e))
+}
+
+/// Loads ONNX Runtime if it can be, and says from where (or why not).
+pub fn library() -> Result<&'static str, String> {
+    loaded().as_ref().map(|(_, p)| p.as_str()).map_err(|e| e.clone())
 }
 
 /// Whether ONNX Runtime can be loaded on this machine (tests and benches skip ORT otherwise).
@@ -95,8 +118,8 @@ pub struct OrtEngine {
 }
 
 impl OrtEngine {
-    /// Creates a session for `model` on the given provider (1 intra-op thread per engine:
-    /// advguard runs one engine per worker thread).
+    /// Creates a session for `model` on the given provider, with [`set_intra_threads`]
+    /// intra-op threads (1 unless set: advguard runs one engine per worker thread).
     pub fn new(
         model: &ModelProto,
         input: &str,
@@ -131,7 +154,8 @@ impl OrtEngine {
         };
         let bytes = crate::onnx::encode(model);
         let b = Session::builder(env).map_err(|e| err(name, e))?;
-        let b = b.with_intra_threads(1).map_err(|e| err(name, e))?;
+        let threads = INTRA_THREADS.load(std::sync::atomic::Ordering::Relaxed);
+        let b = b.with_intra_threads(threads).map_err(|e| err(name, e))?;
         let b = match kind {
             BackendKind::OrtCuda => b
                 .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])

@@ -23,6 +23,9 @@ pub struct Frame {
     pub height: u32,
     /// width*height*3 bytes, RGB, no row padding.
     pub rgb: Vec<u8>,
+    /// The camera's own frame size before scaling (width, height), when the decoder's caps
+    /// tell it: the explain view is drawn back at this geometry.
+    pub native: Option<(u32, u32)>,
     /// When the appsink handed it over (frame age = captured.elapsed()).
     pub captured: Instant,
 }

@@ -462,6 +462,14 @@ struct Deliver {
 }
 
 impl Deliver {
+    /// The decoded frame size before `videoscale`: the caps leaving the `tail` queue.
+    fn native_size(&self) -> Option<(u32, u32)> {
+        let caps = self.tail.upgrade()?.static_pad("src")?.current_caps()?;
+        let s = caps.structure(0)?;
+        let (w, h) = (s.get::<i32>("width").ok()?, s.get::<i32>("height").ok()?);
+        (w > 0 && h > 0).then_some((w as u32, h as u32))
+    }
+
     fn on_sample(&mut self, sink: &gst_app::AppSink) -> Result<gst::FlowSuccess, gst::FlowError> {
         let sample = sink.pull_sample().map_err(|_| gst::FlowError::Flushing)?;
         if self.stop.load(Ordering::SeqCst) {
@@ -512,6 +520,7 @@ impl Deliver {
             width: px.width,
             height: px.height,
             rgb: px.rgb,
+            native: self.native_size(),
             captured,
         });
         if self.drop_when_full {

@@ -4,6 +4,9 @@ use image::{Rgb, RgbImage, imageops};
 use ndarray::{ArrayView2, ArrayView3};
 use std::sync::OnceLock;
 
+pub mod heat;
+pub mod strip;
+
 /// Fonts looked for to label plots; without one, plots are drawn without text.
 const FONT_PATHS: &[&str] = &[
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",

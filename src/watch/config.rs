@@ -60,6 +60,9 @@ pub struct CameraConfig {
 pub struct MetricsConfig {
     /// `host:port`, or `off`. Default `127.0.0.1:9464` (loopback only).
     pub bind: String,
+    /// Token the live page requires; without one the page is served only on loopback.
+    #[serde(default)]
+    pub page_token: Option<String>,
 }
 
 /// The whole cameras TOML.
@@ -147,6 +150,10 @@ impl WatchFile {
         }
         if let Some(m) = &mut f.metrics {
             m.bind = expand_env(&m.bind).map_err(|e| err(format!("key `metrics.bind`: {e}")))?;
+            if let Some(t) = &m.page_token {
+                m.page_token =
+                    Some(expand_env(t).map_err(|e| err(format!("key `metrics.page_token`: {e}")))?);
+            }
         }
         Ok(f)
     }

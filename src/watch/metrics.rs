@@ -61,6 +61,8 @@ pub struct WatchMetrics {
     pub dropped: Family<CamLabel, Counter>,
     /// `advguard_source_reconnects_total{camera}`.
     pub reconnects: Family<CamLabel, Counter>,
+    /// `advguard_source_errors_total{camera}`: pipeline errors (each failed connect counts).
+    pub source_errors: Family<CamLabel, Counter>,
     /// `advguard_processing_seconds{camera}`: engine + detector time per frame.
     pub processing: HistFamily,
     /// `advguard_frame_age_seconds{camera}`: capture → scored (the lag).
@@ -84,6 +86,7 @@ impl Default for WatchMetrics {
             received: Family::default(),
             processed: Family::default(),
             dropped: Family::default(),
+            source_errors: Family::default(),
             reconnects: Family::default(),
             processing: Family::new_with_constructor(latency_hist as fn() -> Histogram),
             age: Family::new_with_constructor(latency_hist as fn() -> Histogram),
@@ -123,6 +126,11 @@ impl WatchMetrics {
             "source_reconnects",
             "Source restarts (reconnects, watchdog)",
             self.reconnects.clone(),
+        );
+        r.register(
+            "source_errors",
+            "Source pipeline errors (each failed connect attempt counts)",
+            self.source_errors.clone(),
         );
         r.register(
             "processing_seconds",
@@ -186,6 +194,10 @@ impl WatchMetrics {
             bump(
                 &self.reconnects.get_or_create(&l),
                 st.reconnects.load(Ordering::Relaxed),
+            );
+            bump(
+                &self.source_errors.get_or_create(&l),
+                st.errors.load(Ordering::Relaxed),
             );
         }
     }

@@ -24,6 +24,8 @@ pub(super) struct CameraPipeline {
     outputs: Outputs,
     /// The previous frame's thumbnail (scene cuts).
     prev_thumb: Option<GrayThumb>,
+    /// Scores of the last seconds (the explain view's strip).
+    history: overlay::ScoreHistory,
     pub processed: u64,
     pub done: bool,
 }
@@ -32,6 +34,7 @@ impl CameraPipeline {
     pub fn new(plan: CameraPlan, state: Box<dyn CameraState>, outputs: Outputs) -> Self {
         CameraPipeline {
             headline: state.headline(),
+            history: overlay::ScoreHistory::new(overlay::signals_of(&plan)),
             plan,
             state,
             outputs,
@@ -51,6 +54,8 @@ impl CameraPipeline {
     ) -> anyhow::Result<()> {
         let t0 = Instant::now();
         let (w, h) = (f.width, f.height);
+        // Without caps (a source that scales before the tail queue) the model frame's own size.
+        let native = f.native.unwrap_or((w * overlay::SCALE, h * overlay::SCALE));
         let mut rgb = f.rgb;
         let mut injected = false;
         if let (Some(spec), Some(pg)) = (self.plan.inject.as_ref(), plain)
@@ -89,14 +94,31 @@ impl CameraPipeline {
             top1.label.split(',').next().unwrap_or(""),
             top1.prob
         );
+        let history = &self.history;
         let mut media = || {
-            let heat = overlay::render(&image, magnitude.view(), bbox, &peak_caption, true);
+            // The explain view itself, as the operator sees it live (strip up to the last frame).
+            let heat = overlay::explain(&overlay::Explain {
+                frame: &image,
+                magnitude: magnitude.view(),
+                bbox,
+                size: native,
+                caption: &peak_caption,
+                alert: true,
+                history: Some(history),
+            });
             (
-                Some(crate::viz::jpeg_bytes(&image)),
+                // The snapshot at the camera's geometry too, not squashed to the model's.
+                Some(crate::viz::jpeg_bytes(&image::imageops::resize(
+                    &image,
+                    native.0,
+                    native.1,
+                    image::imageops::FilterType::CatmullRom,
+                ))),
                 Some(crate::viz::png_bytes(&heat)),
             )
         };
         let obs = self.state.observe(&input, &mut media);
+        self.history.push(f.pts_ms, &obs.scores, obs.in_event);
         self.processed += 1;
         let scored = ScoredFrame {
             camera: &self.plan.name,
@@ -112,6 +134,8 @@ impl CameraPipeline {
             pixel_change,
             proc_s: t0.elapsed().as_secs_f64(),
             age_s: f.captured.elapsed().as_secs_f64(),
+            native,
+            history: &self.history,
         };
         self.outputs.frame(&scored);
         Ok(())

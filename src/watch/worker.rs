@@ -139,7 +139,7 @@ impl Worker {
             guards = guards.len(),
             "engine worker ready"
         );
-        self.build_cameras(&guards);
+        self.build_cameras();
         while let Ok(msg) = self.ctx.rx.recv() {
             match msg {
                 SourceMsg::Frame(f) => {
@@ -213,11 +213,10 @@ impl Worker {
         Ok((guards, plain))
     }
 
-    fn build_cameras(&mut self, guards: &Guards) {
+    fn build_cameras(&mut self) {
         for c in &self.ctx.cameras {
-            let size = guards[&c.model].size();
             let sink = match &c.overlay {
-                Some(OverlayTarget::File(p)) => match OverlayWriter::create(p, size) {
+                Some(OverlayTarget::File(p)) => match OverlayWriter::create(p) {
                     Ok(w) => Some(OverlaySink::File(w, p.clone())),
                     Err(e) => {
                         tracing::error!(camera = %c.name, "{e:#}");
@@ -238,7 +237,9 @@ impl Worker {
                 state::for_camera(c)
             };
             let overlay = sink.map(|s| OverlayOutput::new(&c.name, st.headline(), s));
-            let outputs = output::for_camera(&c.name, &self.ctx.shared, overlay);
+            let page = (self.ctx.shared.page.clone())
+                .map(|b| output::page::PageOutput::new(&c.name, st.headline(), b));
+            let outputs = output::for_camera(&c.name, &self.ctx.shared, overlay, page);
             let p = CameraPipeline::new(c.clone(), st, outputs);
             tracing::info!(camera = %c.name, model = %c.model, worker = self.ctx.index,
                 detector = %p.describe(), outputs = ?p.output_names(), "camera pipeline ready");

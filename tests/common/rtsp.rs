@@ -65,6 +65,15 @@ impl RtspServer {
         self.port
     }
 
+    /// Mounts one more stream at `path`, from a gst-rtsp-server launch line; each client
+    /// gets its own media.
+    pub fn mount_launch(&self, path: &str, launch: &str) {
+        self.server
+            .as_ref()
+            .expect("running")
+            .mount_launch(path, launch, false);
+    }
+
     /// Kills it: clients see their connection drop, the port is free again.
     pub fn stop(mut self) {
         // Dropping the server quits its loop, closes every client and the listening socket.

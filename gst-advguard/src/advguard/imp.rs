@@ -146,7 +146,7 @@ impl ObjectImpl for Advguard {
                 str_prop(
                     "backend",
                     "Backend",
-                    "tract, ort, ort-cuda or tensorrt (ONNX Runtime needs ORT_DYLIB_PATH)",
+                    "tract (default), auto, ort, ort-cuda or tensorrt (auto: ONNX Runtime when its library is found)",
                     Some("tract"),
                 ),
                 str_prop(

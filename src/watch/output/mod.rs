@@ -9,6 +9,7 @@
 //! | `frames` | one `--frames-out` JSON line per frame | `--frames-out` |
 //! | `collect` | keeps every frame's scores for calibration | `calibrate` |
 //! | `overlay` | the explain view, to a file or a served RTSP mount | `--overlay` |
+//! | `page` | latest frame, scores and events for the live page (`/`) | the server runs |
 //!
 //! An output that fails is logged once and dropped; the others and the camera go on.
 
@@ -17,6 +18,7 @@ pub mod events;
 pub mod frames;
 pub mod metrics;
 pub mod overlay;
+pub mod page;
 
 use super::CameraSummary;
 use super::metrics::WatchMetrics;
@@ -56,6 +58,10 @@ pub struct ScoredFrame<'a> {
     pub proc_s: f64,
     /// Capture → scored, s (the lag).
     pub age_s: f64,
+    /// The camera's frame size (width, height): the explain view is drawn at it.
+    pub native: (u32, u32),
+    /// The camera's scores over the last seconds, this frame's included (the score strip).
+    pub history: &'a crate::watch::overlay::ScoreHistory,
 }
 
 /// A failed output: it is dropped, the camera goes on.
@@ -107,6 +113,8 @@ pub struct Shared {
     pub frames_out: Option<Arc<Mutex<frames::FramesFile>>>,
     /// Calibration run: keep every frame's scores.
     pub collect: bool,
+    /// The live page's board, when the server shows the page.
+    pub page: Option<crate::watch::page::PageBoard>,
 }
 
 /// A camera's outputs, in order.
@@ -116,11 +124,12 @@ pub struct Outputs {
 }
 
 /// The outputs of one camera: metrics and events always, then frames-out,
-/// the calibration collector and the overlay where the plan asks for them.
+/// the calibration collector, the overlay and the live page where the plan asks for them.
 pub fn for_camera(
     camera: &str,
     shared: &Shared,
     overlay: Option<overlay::OverlayOutput>,
+    page: Option<page::PageOutput>,
 ) -> Outputs {
     let mut list: Vec<Box<dyn FrameOutput>> = vec![Box::new(metrics::MetricsOutput::new(
         camera,
@@ -138,6 +147,9 @@ pub fn for_camera(
     }
     if let Some(o) = overlay {
         list.push(Box::new(o));
+    }
+    if let Some(p) = page {
+        list.push(Box::new(p));
     }
     Outputs {
         camera: camera.to_string(),

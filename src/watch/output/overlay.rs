@@ -34,18 +34,31 @@ impl OverlayOutput {
     }
 
     fn render(&self, f: &ScoredFrame<'_>) -> image::RgbImage {
-        let (kind, thr) = (&self.headline.0, self.headline.1);
-        let alert = f.obs.in_event;
-        let caption = format!(
-            "{} {kind} {:.2} / {thr:.2}  {} ({:.2}){}",
-            self.camera,
-            f.obs.score,
-            f.top1.label.split(',').next().unwrap_or(""),
-            f.top1.prob,
-            if alert { "  ALERT" } else { "" }
-        );
-        overlay::render(f.image, f.magnitude, Some(f.stats.bbox), &caption, alert)
+        render(f, &self.camera, &self.headline)
     }
+}
+
+/// The explain picture of a scored frame at the camera's size, captioned with the driving
+/// score (`headline`: its name and threshold), the top-1 class and ALERT while an event is open.
+pub fn render(f: &ScoredFrame<'_>, camera: &str, headline: &(String, f64)) -> image::RgbImage {
+    let (kind, thr) = (&headline.0, headline.1);
+    let alert = f.obs.in_event;
+    let caption = format!(
+        "{camera}  {kind} {:.2} / {thr:.2}  {} ({:.2}){}",
+        f.obs.score,
+        f.top1.label.split(',').next().unwrap_or(""),
+        f.top1.prob,
+        if alert { "  ALERT" } else { "" }
+    );
+    overlay::explain(&overlay::Explain {
+        frame: f.image,
+        magnitude: f.magnitude,
+        bbox: Some(f.stats.bbox),
+        size: f.native,
+        caption: &caption,
+        alert,
+        history: Some(f.history),
+    })
 }
 
 impl FrameOutput for OverlayOutput {
@@ -58,7 +71,7 @@ impl FrameOutput for OverlayOutput {
             Some(OverlaySink::File(..)) => {
                 let img = self.render(f);
                 if let Some(OverlaySink::File(w, _)) = self.sink.as_mut() {
-                    w.push(&img, f.pts_ms)
+                    w.push(img, f.pts_ms)
                         .map_err(|e| OutputError::new("overlay", format!("{e:#}")))?;
                 }
             }
