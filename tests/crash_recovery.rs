@@ -36,7 +36,14 @@ fn watch(cfg: &Path, stderr: &Path) -> Child {
             "street={}",
             data().join("videos/car-detection.mp4").display()
         ))
-        .args(["--every-nth", "3", "--workers", "1", "--metrics-addr", "off"])
+        .args([
+            "--every-nth",
+            "3",
+            "--workers",
+            "1",
+            "--metrics-addr",
+            "off",
+        ])
         .args([
             "--detector",
             "concentration",
@@ -91,7 +98,10 @@ fn check_receiver(name: &str, msgs: &[Value], killed_event: &str) -> Vec<String>
         let ends: Vec<_> = ms.iter().filter(|m| m["phase"] == "end").collect();
         assert_eq!(ends.len(), 1, "{name}: event {eid} has {} ends", ends.len());
         let last = ms.iter().max_by_key(|m| m["seq"].as_u64()).unwrap();
-        assert_eq!(last["phase"], "end", "{name}: event {eid}: the end is not last");
+        assert_eq!(
+            last["phase"], "end",
+            "{name}: event {eid}: the end is not last"
+        );
         let interrupted = ends[0]["interrupted"].as_bool().unwrap_or(false);
         assert_eq!(
             interrupted,

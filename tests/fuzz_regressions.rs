@@ -20,8 +20,9 @@ fn inputs(target: &str) -> Vec<PathBuf> {
 }
 
 /// `onnx_compile`: tract-onnx 0.23 panicked on a graph output that no node produces (`no
-/// entry found for key`) and on a Conv with a zero stride (`attempt to divide by zero`, also
-/// in release builds); `onnx::decode` now refuses both with one error line.
+/// entry found for key`), on a Conv with a zero stride (`attempt to divide by zero`, also
+/// in release builds) and on an AveragePool with fewer strides than kernel axes (`index out
+/// of bounds`); `onnx::decode` now refuses each with one error line.
 #[test]
 fn onnx_compile_regressions_end_in_errors() {
     for p in inputs("onnx_compile") {
@@ -44,17 +45,31 @@ fn onnx_compile_regressions_end_in_errors() {
         eprintln!("{}: {err}", p.display());
         assert!(!err.contains('\n'), "{err}");
     }
-    let one = std::fs::read(inputs("onnx_compile")[0].clone()).unwrap();
-    let e = advguard::onnx::decode(&one).unwrap_err().to_string();
+    let decoded = |name: &str| {
+        let p = inputs("onnx_compile")
+            .into_iter()
+            .find(|p| p.file_name().is_some_and(|f| f == name))
+            .unwrap_or_else(|| panic!("no regression input {name}"));
+        advguard::onnx::decode(&std::fs::read(p).unwrap())
+            .unwrap_err()
+            .to_string()
+    };
+    let e = decoded("graph_output_not_produced.onnx");
     assert!(e.contains("graph output \"gemm13\" is not produced"), "{e}");
-    let two = std::fs::read(inputs("onnx_compile")[1].clone()).unwrap();
-    let e = advguard::onnx::decode(&two).unwrap_err().to_string();
+    let e = decoded("zero_stride.onnx");
     assert!(e.contains("strides [2, 0] must be positive"), "{e}");
+    // tract indexed strides[1] of an AveragePool with a 2-D kernel and one stride.
+    let e = decoded("pool_strides_shorter_than_kernel.onnx");
+    assert!(
+        e.contains("\"averagepool11\" (AveragePool): strides has 1 values for 2 spatial axes"),
+        "{e}"
+    );
 }
 
 /// `onnx_engine`: a mutated Reshape made tract infer dims whose product overflowed `usize`
 /// in the compiler's seed search (debug builds panic, release builds wrap); the compiler
-/// now refuses tensors over 2^28 elements.
+/// now refuses tensors over 2^28 elements. And a Conv with two pads for two spatial axes
+/// made tract index past them (found in the 600-s run).
 #[test]
 fn onnx_engine_regressions_end_in_errors() {
     for p in inputs("onnx_engine") {
@@ -82,4 +97,16 @@ fn onnx_engine_regressions_end_in_errors() {
             }
         }
     }
+    // tract indexed pads[2] of a 2-D Conv given two pads: `onnx::decode` refuses it.
+    let p = inputs("onnx_engine")
+        .into_iter()
+        .find(|p| p.ends_with("conv_pads_two_values_for_2d.onnx"))
+        .expect("regression input");
+    let e = advguard::onnx::decode(&std::fs::read(p).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"conv16\" (Conv): pads has 2 values for 2 spatial axes"),
+        "{e}"
+    );
 }

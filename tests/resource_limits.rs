@@ -5,10 +5,10 @@
 //! Memory is read from `/proc/PID/status` (VmRSS) of the real `advguard watch` process while
 //! it runs; counters from its real `/metrics`.
 
-#[path = "common/proc.rs"]
-mod proc;
 #[path = "common/port.rs"]
 mod port;
+#[path = "common/proc.rs"]
+mod proc;
 #[path = "common/rtsp.rs"]
 mod rtsp;
 
@@ -16,6 +16,14 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The cases run one at a time: each measures what one `watch` does with the machine, and
+/// three at once on 2 cores would starve each other's good cameras.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 fn data() -> PathBuf {
     advguard::data_dir()
@@ -114,11 +122,26 @@ fn assert_bounded(rss: &[f64], what: &str) {
 /// memory levels off.
 #[test]
 fn sixteen_live_sources_on_two_cores_drop_with_counts_and_bounded_memory() {
+    let _one_at_a_time = serial();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("watch.log");
     let patterns = [
-        "smpte", "ball", "snow", "checkers-8", "circular", "zone-plate", "gamut", "pinwheel",
-        "spokes", "gradient", "colors", "smpte75", "blink", "bar", "chroma-zone-plate", "smpte100",
+        "smpte",
+        "ball",
+        "snow",
+        "checkers-8",
+        "circular",
+        "zone-plate",
+        "gamut",
+        "pinwheel",
+        "spokes",
+        "gradient",
+        "colors",
+        "smpte75",
+        "blink",
+        "bar",
+        "chroma-zone-plate",
+        "smpte100",
     ];
     let names: Vec<String> = (0..16).map(|i| format!("c{i:02}")).collect();
     let cameras: Vec<String> = names
@@ -139,7 +162,10 @@ fn sixteen_live_sources_on_two_cores_drop_with_counts_and_bounded_memory() {
             metric(&m, &cam("frames_processed_total", n)),
             metric(&m, &cam("frames_dropped_total", n)),
         );
-        assert!(p >= 1.0, "camera {n} never got a frame scored: {r} received, {d} dropped");
+        assert!(
+            p >= 1.0,
+            "camera {n} never got a frame scored: {r} received, {d} dropped"
+        );
         assert!(
             r - p - d >= 0.0,
             "camera {n}: {r} received but {p} scored + {d} dropped: counted twice"
@@ -158,7 +184,10 @@ fn sixteen_live_sources_on_two_cores_drop_with_counts_and_bounded_memory() {
          frames lost uncounted",
         rec - proc_ - drop_
     );
-    assert!(drop_ > 0.5 * rec, "two cores cannot score 400 frames/s; drops must show");
+    assert!(
+        drop_ > 0.5 * rec,
+        "two cores cannot score 400 frames/s; drops must show"
+    );
 }
 
 /// Serves `bytes` to every TCP connection, then closes it: a "camera" that answers garbage.
@@ -192,11 +221,22 @@ fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
 /// Encodes a test pattern with x264 into an H.264 byte-stream file.
 fn h264(path: &Path, w: u32, h: u32, frames: u32) {
     let st = Command::new("gst-launch-1.0")
-        .args(["-q", "videotestsrc", &format!("num-buffers={frames}"), "pattern=ball", "!"])
+        .args([
+            "-q",
+            "videotestsrc",
+            &format!("num-buffers={frames}"),
+            "pattern=ball",
+            "!",
+        ])
         .arg(format!("video/x-raw,width={w},height={h},framerate=10/1"))
         .args([
-            "!", "x264enc", "speed-preset=ultrafast", "key-int-max=10", "!",
-            "video/x-h264,stream-format=byte-stream,profile=constrained-baseline", "!",
+            "!",
+            "x264enc",
+            "speed-preset=ultrafast",
+            "key-int-max=10",
+            "!",
+            "video/x-h264,stream-format=byte-stream,profile=constrained-baseline",
+            "!",
             "filesink",
         ])
         .arg(format!("location={}", path.display()))
@@ -210,6 +250,7 @@ fn h264(path: &Path, w: u32, h: u32, frames: u32) {
 /// reconnecting, counted, while a good camera beside them goes on scoring.
 #[test]
 fn garbage_servers_are_counted_errors_and_the_good_camera_goes_on() {
+    let _one_at_a_time = serial();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("watch.log");
     let not_rtsp = garbage_server(random_bytes(64 * 1024, 7));
@@ -254,7 +295,10 @@ fn garbage_servers_are_counted_errors_and_the_good_camera_goes_on() {
         assert_eq!(metric(&m, &cam("camera_up", bad)), 0.0, "{bad} is not up");
     }
     let good = metric(&m, &cam("frames_processed_total", "good"));
-    assert!(good >= 20.0, "the good camera stalled beside the bad ones: {good} frames");
+    assert!(
+        good >= 20.0,
+        "the good camera stalled beside the bad ones: {good} frames"
+    );
 }
 
 /// One RTSP stream that starts at 320×240, jumps to 3840×2160 (oversized for the model: 70×
@@ -262,6 +306,7 @@ fn garbage_servers_are_counted_errors_and_the_good_camera_goes_on() {
 /// memory is freed again, and nothing fails.
 #[test]
 fn resolution_changes_mid_stream_and_oversized_frames_keep_scoring() {
+    let _one_at_a_time = serial();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("watch.log");
     let parts = [(320, 240, 40), (3840, 2160, 30), (640, 480, 40)];
@@ -308,7 +353,11 @@ fn resolution_changes_mid_stream_and_oversized_frames_keep_scoring() {
         metric(&m, &cam("camera_errors_total", "cam"))
     );
     // 4 s at 320×240, 3 s at 4K, then 4 s at 640×480: frames from each part were scored.
-    for (from, to, part) in [(0.0, 4000.0, "320x240"), (4000.0, 7000.0, "3840x2160"), (7000.0, 11000.0, "640x480")] {
+    for (from, to, part) in [
+        (0.0, 4000.0, "320x240"),
+        (4000.0, 7000.0, "3840x2160"),
+        (7000.0, 11000.0, "640x480"),
+    ] {
         assert!(
             pts.iter().any(|p| *p >= from && *p < to),
             "no frame of the {part} part was scored (pts {pts:?}):\n{text}"
@@ -317,5 +366,8 @@ fn resolution_changes_mid_stream_and_oversized_frames_keep_scoring() {
     // The 4K part's decoded frames (~12 MiB each in I420) must not pile up: 30 of them
     // queued would already pass 360 MiB above the ~150 MiB this run needs otherwise.
     let peak = rss.iter().copied().fold(0.0, f64::max);
-    assert!(peak < 512.0, "RSS reached {peak:.0} MiB: decoded 4K frames pile up");
+    assert!(
+        peak < 512.0,
+        "RSS reached {peak:.0} MiB: decoded 4K frames pile up"
+    );
 }

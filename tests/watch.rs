@@ -8,10 +8,10 @@
 #[path = "common/rtsp.rs"]
 mod rtsp;
 
-#[path = "common/proc.rs"]
-mod proc;
 #[path = "common/port.rs"]
 mod port;
+#[path = "common/proc.rs"]
+mod proc;
 use port::free_port;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};

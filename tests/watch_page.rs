@@ -7,10 +7,10 @@
 //! (scripts/setup.sh), so there it runs. With `ADVGUARD_WRITE_DOCS_IMG=DIR` the page's
 //! screenshot is also written to DIR/live-page.png.
 
-#[path = "common/proc.rs"]
-mod proc;
 #[path = "common/port.rs"]
 mod port;
+#[path = "common/proc.rs"]
+mod proc;
 use port::free_port;
 use serde_json::Value;
 use std::io::{Read, Write};

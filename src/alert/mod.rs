@@ -138,7 +138,10 @@ fn close_interrupted(spool: &Spool) -> u64 {
         return 0;
     }
     let now = crate::detector::tracker::now_rfc3339();
-    let ends: Vec<Event> = open.iter().map(|ev| ev.interrupted_end(now.clone())).collect();
+    let ends: Vec<Event> = open
+        .iter()
+        .map(|ev| ev.interrupted_end(now.clone()))
+        .collect();
     for ev in &ends {
         tracing::warn!(
             camera = %ev.camera,
@@ -150,7 +153,10 @@ fn close_interrupted(spool: &Spool) -> u64 {
     match spool.append(&ends) {
         Ok(_) => ends.len() as u64,
         Err(e) => {
-            tracing::warn!("cannot spool the ends of {} interrupted events: {e}", ends.len());
+            tracing::warn!(
+                "cannot spool the ends of {} interrupted events: {e}",
+                ends.len()
+            );
             0
         }
     }

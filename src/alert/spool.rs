@@ -436,7 +436,9 @@ impl Spool {
         for (id, json) in raw {
             match serde_json::from_slice::<Event>(&json) {
                 Ok(ev) => events.push(ev),
-                Err(e) => tracing::warn!(event_id = %id, "open-event record unreadable, skipped: {e}"),
+                Err(e) => {
+                    tracing::warn!(event_id = %id, "open-event record unreadable, skipped: {e}")
+                }
             }
         }
         events.sort_by(|a, b| a.time.cmp(&b.time));

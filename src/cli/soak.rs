@@ -41,7 +41,10 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<()> {
     let clips = if a.clips.is_empty() {
         let v = advguard::data_dir().join("videos");
-        vec![v.join("car-detection.mp4"), v.join("one-by-one-person-detection.mp4")]
+        vec![
+            v.join("car-detection.mp4"),
+            v.join("one-by-one-person-detection.mp4"),
+        ]
     } else {
         a.clips
     };
@@ -70,9 +73,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     })?;
     bar.finish_and_clear();
     println!("{}", serde_json::to_string_pretty(&r)?);
-    eprintln!("soak: wrote {}/{{soak.csv,reconnects.csv,soak.png,summary.json}}", a.out.display());
+    eprintln!(
+        "soak: wrote {}/{{soak.csv,reconnects.csv,soak.png,summary.json}}",
+        a.out.display()
+    );
     if a.check {
-        anyhow::ensure!(r.survived, "soak: the watch process died (see {}/watch.log)", a.out.display());
+        anyhow::ensure!(
+            r.survived,
+            "soak: the watch process died (see {}/watch.log)",
+            a.out.display()
+        );
         anyhow::ensure!(
             r.reconnects_ok,
             "soak: {} of {} server restarts were not followed by a reconnect within the backoff",

@@ -38,7 +38,9 @@ impl BackendKind {
                 BackendKind::OrtCpu
             }
             Err(e) => {
-                tracing::info!("backend auto: tract ({e}; `pip install onnxruntime` for the faster engine)");
+                tracing::info!(
+                    "backend auto: tract ({e}; `pip install onnxruntime` for the faster engine)"
+                );
                 BackendKind::Tract
             }
         })

@@ -93,12 +93,18 @@ fn loaded() -> &'static Loaded {
 }
 
 fn environment() -> Result<&'static ort::environment::Environment, EngineError> {
-    loaded().as_ref().map(|(env, _)| env).map_err(|e| err("ort", e))
+    loaded()
+        .as_ref()
+        .map(|(env, _)| env)
+        .map_err(|e| err("ort", e))
 }
 
 /// Loads ONNX Runtime if it can be, and says from where (or why not).
 pub fn library() -> Result<&'static str, String> {
-    loaded().as_ref().map(|(_, p)| p.as_str()).map_err(|e| e.clone())
+    loaded()
+        .as_ref()
+        .map(|(_, p)| p.as_str())
+        .map_err(|e| e.clone())
 }
 
 /// Whether ONNX Runtime can be loaded on this machine (tests and benches skip ORT otherwise).

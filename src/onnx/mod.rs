@@ -15,7 +15,7 @@ pub use tract_onnx::pb;
 pub use pb::ModelProto;
 use pb::attribute_proto::AttributeType;
 use pb::tensor_proto::DataType;
-use pb::{AttributeProto, NodeProto, TensorProto, ValueInfoProto};
+use pb::{AttributeProto, GraphProto, NodeProto, TensorProto, ValueInfoProto};
 use prost::Message;
 use std::path::Path;
 
@@ -104,6 +104,12 @@ fn check_graph(model: &ModelProto, origin: &str) -> Result<(), OnnxError> {
                 });
             }
         }
+        if let Some(msg) = window_rank_mismatch(g, n) {
+            return Err(OnnxError::Graph {
+                origin: origin.to_string(),
+                msg: format!("node {:?} ({}): {msg}", n.name, n.op_type),
+            });
+        }
         if get_int(n, "group").is_some_and(|x| x <= 0) {
             return Err(OnnxError::Graph {
                 origin: origin.to_string(),
@@ -122,6 +128,48 @@ fn check_graph(model: &ModelProto, origin: &str) -> Result<(), OnnxError> {
             msg: format!("graph output {:?} is not produced by any node", o.name),
         }),
         None => Ok(()),
+    }
+}
+
+/// A window attribute whose length disagrees with the node's spatial rank (tract-onnx 0.23
+/// indexes past the shorter one and panics; found by fuzzing): `kernel_shape`, `strides` and
+/// `dilations` need one value per spatial axis, `pads` two. The rank comes from a Conv's
+/// weight initializer when there is one, else from the first of those attributes present.
+fn window_rank_mismatch(g: &GraphProto, n: &NodeProto) -> Option<String> {
+    let attrs: Vec<(&str, usize)> = ["kernel_shape", "strides", "dilations"]
+        .into_iter()
+        .filter_map(|a| get_ints(n, a).map(|v| (a, v.len())))
+        .collect();
+    let pads = get_ints(n, "pads").map(|v| v.len());
+    if attrs.is_empty() && pads.is_none() {
+        return None;
+    }
+    let weight_rank = matches!(n.op_type.as_str(), "Conv" | "ConvTranspose")
+        .then(|| n.input.get(1))
+        .flatten()
+        .and_then(|w| g.initializer.iter().find(|t| &t.name == w))
+        .and_then(|t| t.dims.len().checked_sub(2));
+    let (rank, from) = match (weight_rank, attrs.first()) {
+        (Some(r), _) => (r, "the weights"),
+        (None, Some((a, l))) => (*l, *a),
+        (None, None) => {
+            return pads
+                .filter(|p| p % 2 != 0)
+                .map(|p| format!("pads has {p} values, not two per axis"));
+        }
+    };
+    for (a, l) in &attrs {
+        if *l != rank {
+            return Some(format!(
+                "{a} has {l} values for {rank} spatial axes (from {from})"
+            ));
+        }
+    }
+    match pads {
+        Some(p) if p != 2 * rank => Some(format!(
+            "pads has {p} values for {rank} spatial axes (from {from}; two values each)"
+        )),
+        _ => None,
     }
 }
 

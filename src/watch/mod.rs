@@ -295,7 +295,12 @@ impl Topology {
         let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
         let threads = (cores / n).max(1);
         crate::engine::ort_backend::set_intra_threads(threads);
-        tracing::info!(workers = n, threads_per_worker = threads, cores, "engine workers");
+        tracing::info!(
+            workers = n,
+            threads_per_worker = threads,
+            cores,
+            "engine workers"
+        );
         let (ctl_tx, ctl) = crossbeam_channel::unbounded::<Ctl>();
         let mut senders = Vec::new();
         let mut workers = Vec::new();

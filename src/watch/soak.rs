@@ -130,7 +130,11 @@ impl Scrape {
             };
             let name = series.split('{').next().unwrap_or(series);
             if name == "advguard_frame_age_seconds_bucket" {
-                if let Some(le) = series.split("le=\"").nth(1).and_then(|r| r.split('"').next()) {
+                if let Some(le) = series
+                    .split("le=\"")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                {
                     // Keyed in µs so that the map sorts numerically; +Inf last.
                     let key = le.parse::<f64>().map_or(u64::MAX, |x| (x * 1e6) as u64);
                     *s.age_buckets.entry(key).or_default() += v;
@@ -479,8 +483,14 @@ fn plot(path: &Path, samples: &[Sample], reconnects: &[Reconnect]) -> anyhow::Re
                 "frame age at decision (ms): mean, p99",
                 vec![(|s| s.age_mean_ms, BLUE), (|s| s.age_p99_ms, RED)],
             ),
-            ("frames dropped per interval", vec![(|s| s.dropped as f64, RED)]),
-            ("reconnects per interval", vec![(|s| s.reconnects as f64, BLUE)]),
+            (
+                "frames dropped per interval",
+                vec![(|s| s.dropped as f64, RED)],
+            ),
+            (
+                "reconnects per interval",
+                vec![(|s| s.reconnects as f64, BLUE)],
+            ),
         ];
         for (area, (title, series)) in panels.iter().zip(rows) {
             let vals: Vec<f64> = series
@@ -494,7 +504,11 @@ fn plot(path: &Path, samples: &[Sample], reconnects: &[Reconnect]) -> anyhow::Re
             } else {
                 0.0
             };
-            let ymin = if ymin.is_finite() && ymin < ymax { ymin } else { 0.0 };
+            let ymin = if ymin.is_finite() && ymin < ymax {
+                ymin
+            } else {
+                0.0
+            };
             let mut b = ChartBuilder::on(area);
             b.margin(8);
             if text {
@@ -554,6 +568,8 @@ mod tests {
         // jitter), so the pending step is 4 s, at most 5 s with jitter.
         let b = reconnect_bound(Duration::from_secs(3), Duration::ZERO);
         assert!((b.as_secs_f64() - 5.0).abs() < 1e-9, "{b:?}");
-        assert!(reconnect_bound(Duration::from_secs(3600), Duration::ZERO) <= Duration::from_secs(30));
+        assert!(
+            reconnect_bound(Duration::from_secs(3600), Duration::ZERO) <= Duration::from_secs(30)
+        );
     }
 }
