@@ -64,6 +64,12 @@ fn onnx_compile_regressions_end_in_errors() {
         e.contains("\"averagepool11\" (AveragePool): strides has 1 values for 2 spatial axes"),
         "{e}"
     );
+    // tract-onnx panicked on a STRING initializer stored as raw bytes.
+    let e = decoded("raw_tensor_of_unloadable_type.onnx");
+    assert!(
+        e.contains("tensor \"c5\": raw data of type STRING is not supported"),
+        "{e}"
+    );
 }
 
 /// `onnx_engine`: a mutated Reshape made tract infer dims whose product overflowed `usize`
