@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes advguard's parsers of untrusted input with cargo-fuzz (libFuzzer, AddressSanitizer,
 # debug assertions); targets and results: docs/RELIABILITY.md.
-#   bash scripts/fuzz.sh --smoke               # 30 s per target (what .ci/run calls)
+#   bash scripts/fuzz.sh --smoke               # 30 s per target, seed 1, fresh corpus (.ci/run)
 #   bash scripts/fuzz.sh [SECONDS] [TARGET ...] # default 600 s per target, every target
 #   bash scripts/fuzz.sh --build               # build only
 #   bash scripts/fuzz.sh --no-build 300         # run the binaries already in fuzz/target
@@ -15,12 +15,13 @@ cd "$(dirname "$0")/.."
 
 ALL=(onnx_compile onnx_engine manifest cameras_toml image_decode spool_record spool_file)
 secs=600
+smoke=0
 build_only=0
 no_build=0
 targets=()
 for a in "$@"; do
   case "$a" in
-    --smoke) secs=30 ;;
+    --smoke) secs=30; smoke=1 ;;
     --build) build_only=1 ;;
     --no-build) no_build=1 ;;
     [0-9]*) secs="$a" ;;
@@ -72,6 +73,14 @@ failed=()
 summary=()
 for t in "${targets[@]}"; do
   work=fuzz/target/corpus/$t
+  seed_args=()
+  if [ "$smoke" = 1 ]; then
+    # The smoke run is what CI runs: a fixed seed and no corpus kept from earlier runs, so a
+    # clean clone here meets the same inputs as CI (up to how far 30 s reach on each machine).
+    work=fuzz/target/smoke-corpus/$t
+    rm -rf "$work"
+    seed_args=(-seed=1)
+  fi
   mkdir -p "$work" "fuzz/artifacts/$t"
   dirs=("$work")
   [ ! -d "fuzz/corpus/$t" ] || dirs+=("fuzz/corpus/$t")
@@ -81,7 +90,7 @@ for t in "${targets[@]}"; do
   # rss/malloc limits: an input that makes a parser allocate > 2 GiB is a finding (OOM).
   # The binary is run directly (what `cargo fuzz run` does after building).
   if nice -n 10 "$bin/$t" -artifact_prefix="fuzz/artifacts/$t/" "${dirs[@]}" \
-      -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=20 \
+      -max_total_time="$secs" "${seed_args[@]}" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=20 \
       -print_final_stats=1 >"$logs/$t.log" 2>&1; then
     status=ok
   else

@@ -163,6 +163,7 @@ fn calibrated_clean_footage_is_quiet_and_attacks_are_caught_by_the_onset_signal(
         universal_steps: 0,
         detector: FusedConfig::default(),
         progress: false,
+        cascade: vec![1, 3],
     };
     let s = run(&cfg, &opts).unwrap();
     let j = &s.judgement;

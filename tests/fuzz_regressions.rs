@@ -22,7 +22,8 @@ fn inputs(target: &str) -> Vec<PathBuf> {
 /// `onnx_compile`: tract-onnx 0.23 panicked on a graph output that no node produces (`no
 /// entry found for key`), on a Conv with a zero stride (`attempt to divide by zero`, also
 /// in release builds) and on an AveragePool with fewer strides than kernel axes (`index out
-/// of bounds`); `onnx::decode` now refuses each with one error line.
+/// of bounds`); `onnx::decode` now refuses each with one error line. The compiler refuses a
+/// node with fewer inputs than its rule reads.
 #[test]
 fn onnx_compile_regressions_end_in_errors() {
     for p in inputs("onnx_compile") {
@@ -70,6 +71,20 @@ fn onnx_compile_regressions_end_in_errors() {
         e.contains("tensor \"c5\": raw data of type STRING is not supported"),
         "{e}"
     );
+    // The compiler indexed the input of a Softmax that had none (CI's 30-s smoke run).
+    let p = inputs("onnx_compile")
+        .into_iter()
+        .find(|p| p.ends_with("softmax_without_inputs.onnx"))
+        .expect("softmax_without_inputs.onnx");
+    let model = advguard::onnx::decode(&std::fs::read(p).unwrap()).unwrap();
+    let opts = CompileOptions {
+        mode: Mode::Plain,
+        seed: Seed::Top1,
+        input_shape: Some([1, 3, 8, 8]),
+        target: Target::OnnxRuntime,
+    };
+    let e = compile::compile(&model, &opts).unwrap_err().to_string();
+    assert!(e.contains("(Softmax) has 0 input(s)"), "{e}");
 }
 
 /// `onnx_engine`: a mutated Reshape made tract infer dims whose product overflowed `usize`

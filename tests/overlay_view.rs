@@ -90,6 +90,7 @@ fn the_explain_view_keeps_the_camera_size_and_the_scene_and_colours_the_heat() {
         caption,
         alert: false,
         history: Some(&history),
+        detections: &[],
     });
     if let Ok(dir) = std::env::var("ADVGUARD_WRITE_DOCS_IMG") {
         pic.save(std::path::Path::new(&dir).join("overlay.png"))

@@ -409,10 +409,10 @@ fn calibrated_clean_clip_is_quiet_and_an_injected_fgsm_stretch_is_one_event() {
     )
     .unwrap();
     let frames = dir.path().join("f.jsonl");
-    let att = bin()
-        .arg("watch")
-        .arg(&cam)
-        .args([
+    // The attacked run: the stretch from 8 s to 12 s, with the calibrated profile.
+    let attacked_run = || {
+        let mut c = bin();
+        c.arg("watch").arg(&cam).args([
             "--every-nth",
             "2",
             "--metrics-addr",
@@ -422,9 +422,11 @@ fn calibrated_clean_clip_is_quiet_and_an_injected_fgsm_stretch_is_one_event() {
             // 90 sampled frames reach 14.4 s: the stretch and its end, at two thirds of the CPU.
             "--max-frames",
             "90",
-            "--profile",
-        ])
-        .arg(&profile)
+        ]);
+        c.arg("--profile").arg(&profile);
+        c
+    };
+    let att = attacked_run()
         .arg("--config")
         .arg(&cfg)
         .arg("--frames-out")
@@ -467,6 +469,41 @@ fn calibrated_clean_clip_is_quiet_and_an_injected_fgsm_stretch_is_one_event() {
             .any(|d| d["event_id"] == starts[0]["event_id"] && d["phase"] == "end"),
         "sink file: {delivered:?}"
     );
+
+    // The cascade at k = 3: the forward pass on most frames, the guard pass every 3rd frame and
+    // on every frame of the open event; the same stretch is still one event, as early.
+    let frames3 = dir.path().join("f3.jsonl");
+    let att3 = attacked_run()
+        .args(["--guard-every", "3"])
+        .arg("--frames-out")
+        .arg(&frames3)
+        .output()
+        .unwrap();
+    assert!(att3.status.success(), "{}", stderr(&att3));
+    let evs3 = events(&att3.stdout);
+    let starts3 = phase(&evs3, "start");
+    assert_eq!(starts3.len(), 1, "exactly one event at k = 3: {evs3:#?}");
+    let s3 = starts3[0]["start_pts_ms"].as_u64().unwrap();
+    assert!(s3 >= a0 && s3 <= a0 + 400, "start {s3} vs stretch {a0}");
+    let recs3 = lines(&frames3);
+    let guarded = |r: &Value| r["guarded"].as_bool().unwrap();
+    let quiet: Vec<&Value> = recs3.iter().filter(|r| r["in_event"] == false).collect();
+    let share = quiet.iter().filter(|r| guarded(r)).count() as f64 / quiet.len() as f64;
+    assert!(
+        (0.3..0.6).contains(&share),
+        "guard frames outside the event: {share:.2} of {}",
+        quiet.len()
+    );
+    // The frame after one that ends inside the event is guarded (the event needs the response).
+    for w in recs3.windows(2) {
+        if w[0]["in_event"] == true {
+            assert!(
+                guarded(&w[1]),
+                "frame {} after an open event not guarded",
+                w[1]["seq"]
+            );
+        }
+    }
 }
 
 /// `--overlay rtsp://…`: watch serves the explain view from its own gst-rtsp-server, and a

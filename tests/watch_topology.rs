@@ -276,6 +276,7 @@ fn plan(collect: bool, frames_out: &Path) -> WatchPlan {
             overlay: None,
             fused: None,
             inject: None,
+            guard_every: advguard::detector::cascade::GuardEvery::Every(1),
         }],
         guard: GuardOptions {
             model_path: Some(data().join("models/squeezenet1.1.onnx")),

@@ -5,6 +5,7 @@ use super::watch::{
     SourceArgs, cameras, default_workers, guard_options, model_size, spec, stop_flag,
 };
 use advguard::detector::calibrate::{CalibrationParams, calibrate_camera};
+use advguard::detector::cascade::GuardEvery;
 use advguard::detector::{DetectorConfig, DetectorKind, Profile};
 use advguard::watch::{CameraPlan, WatchPlan};
 use anyhow::Context;
@@ -63,6 +64,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             overlay: None,
             fused: None,
             inject: None,
+            // A calibration run guards every frame whatever this says (`collect`).
+            guard_every: GuardEvery::Every(1),
         });
     }
     let every: Vec<u32> = cams.iter().map(|c| c.spec.every_nth).collect();

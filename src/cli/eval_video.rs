@@ -55,6 +55,10 @@ pub struct Args {
     /// Scoring threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// Cascade k values: the test sessions are replayed as a camera guarding every k-th frame
+    /// would see them (the detection cost table of the report; empty to skip).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    pub cascade: Vec<u32>,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 1)]
     pub rng_seed: u64,
@@ -144,6 +148,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .or_else(|| Some(advguard::data_dir().join("images/dev"))),
         universal_steps: args.universal_steps,
         detector,
+        cascade: args.cascade.clone(),
         progress: true,
     };
     let summary = run_eval(&cfg, &opts)?;

@@ -4,6 +4,7 @@ use super::ModelArgs;
 use advguard::detector::Profile;
 use advguard::detector::combiner::{self, Combiner};
 use advguard::engine::compile::{CompileOptions, Mode, Seed};
+use advguard::engine::detect::{self, Detection};
 use advguard::engine::manifest::Manifest;
 use advguard::engine::{Guard, GuardOptions};
 use advguard::engine::{preprocess::Preprocess, top_k};
@@ -44,16 +45,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let out = guard
             .run_pixels(px.view())
             .with_context(|| format!("running {}", path.display()))?;
-        let probs = out.probs();
         let stats = response::analyze(out.response.view(), &cfg);
         println!("{}", path.display());
-        for (rank, &k) in top_k(&probs, 5).iter().enumerate() {
-            println!(
-                "  {}. {:<30} {:.4}  (class {k})",
-                rank + 1,
-                guard.labels()[k],
-                probs[k]
-            );
+        // A detector's frame result is read as boxes; its heat map is no class distribution.
+        let dets = if detect::is_detector(&guard) {
+            let (fw, fh) = image::image_dimensions(path)
+                .with_context(|| format!("reading the size of {}", path.display()))?;
+            let dets = detect::detections(&guard, &out, fw, fh)?;
+            print_detections(&dets, fw, fh);
+            Some((dets, (fw, fh)))
+        } else {
+            None
+        };
+        let probs = if dets.is_none() { out.probs() } else { vec![] };
+        if dets.is_none() {
+            for (rank, &k) in top_k(&probs, 5).iter().enumerate() {
+                println!(
+                    "  {}. {:<30} {:.4}  (class {k})",
+                    rank + 1,
+                    guard.labels()[k],
+                    probs[k]
+                );
+            }
         }
         println!(
             "  mean local entropy S̄ = {:.4} bits ({} bins, {:?} gray); response concentration = {:.3} in box {:?}",
@@ -66,18 +79,36 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let dest = panel_path(o, path, many);
             let rgb_resp = guard.preprocess().response_to_rgb(out.response.view());
             let ent = entropy::local_entropy(stats.gray.view(), cfg.bins);
-            let top1 = top_k(&probs, 1)[0];
-            let title = format!(
-                "{}: {} ({:.2}), mean local entropy {:.3} bits",
-                path.file_name()
-                    .map(|f| f.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                guard.labels()[top1],
-                probs[top1],
-                stats.entropy
-            );
+            let file = path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let mut shown = img.clone();
+            let title = match &dets {
+                Some((d, frame)) => {
+                    let tile = detect::rescale(d, *frame, shown.dimensions());
+                    advguard::viz::detections::draw(&mut shown, &tile, 2);
+                    format!(
+                        "{file}: {} detection(s){}, mean local entropy {:.3} bits",
+                        d.len(),
+                        d.first()
+                            .map(|t| format!(" (top: {} {:.2})", t.label, t.score))
+                            .unwrap_or_default(),
+                        stats.entropy
+                    )
+                }
+                None => {
+                    let top1 = top_k(&probs, 1)[0];
+                    format!(
+                        "{file}: {} ({:.2}), mean local entropy {:.3} bits",
+                        guard.labels()[top1],
+                        probs[top1],
+                        stats.entropy
+                    )
+                }
+            };
             let panel = advguard::viz::panel(
-                &img,
+                &shown,
                 &advguard::viz::response_rgb(rgb_resp.view()),
                 ent.view(),
                 9f32.log2(),
@@ -94,6 +125,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One line per detection: class, score, box in frame pixels.
+fn print_detections(dets: &[Detection], fw: u32, fh: u32) {
+    println!(
+        "  {} detection(s) (boxes x0, y0, x1, y1 in the {fw}×{fh} frame):",
+        dets.len()
+    );
+    for (rank, d) in dets.iter().enumerate() {
+        println!("  {}. {d}  (class {})", rank + 1, d.class);
+    }
 }
 
 fn panel_path(o: &std::path::Path, image: &std::path::Path, many: bool) -> PathBuf {

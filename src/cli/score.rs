@@ -1,6 +1,7 @@
 //! `advguard score`: a folder of photos → one CSV row each (top-1, correctness, S̄).
 
 use super::ModelArgs;
+use advguard::engine::detect::{self, Detection};
 use advguard::engine::{preprocess::Preprocess, top_k};
 use advguard::response;
 use anyhow::{Context, bail};
@@ -15,7 +16,9 @@ pub struct Args {
     /// Labels CSV with columns `file` and `class_index` (extra columns are ignored).
     #[arg(long)]
     pub labels: Option<PathBuf>,
-    /// Output CSV: file,class_index,top1,top1_prob,correct,entropy.
+    /// Output CSV: file,class_index,top1,top1_prob,correct,entropy. For a detector:
+    /// file,detections,top_class,top_label,top_score,entropy, and every detection in
+    /// `<output stem>-detections.csv` (file,rank,class,label,score,x0,y0,x1,y1 in frame pixels).
     #[arg(short, long, default_value = "scores.csv")]
     pub output: PathBuf,
     /// Score only the first N files (sorted by name).
@@ -102,16 +105,43 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut guard = args.model.open()?;
     let cfg = args.model.response();
+    let detector = detect::is_detector(&guard);
+    if detector && labels.is_some() {
+        bail!(
+            "--labels holds classifier class indices; {} is a detector (its detections are written instead)",
+            guard.manifest().name
+        );
+    }
     let mut w = csv::Writer::from_path(&args.output)
         .with_context(|| format!("writing {}", args.output.display()))?;
-    w.write_record([
-        "file",
-        "class_index",
-        "top1",
-        "top1_prob",
-        "correct",
-        "entropy",
-    ])?;
+    let mut det_csv = if detector {
+        let p = detections_path(&args.output);
+        let mut d =
+            csv::Writer::from_path(&p).with_context(|| format!("writing {}", p.display()))?;
+        d.write_record([
+            "file", "rank", "class", "label", "score", "x0", "y0", "x1", "y1", "frame_w", "frame_h",
+        ])?;
+        w.write_record([
+            "file",
+            "detections",
+            "top_class",
+            "top_label",
+            "top_score",
+            "entropy",
+        ])?;
+        Some((d, p))
+    } else {
+        w.write_record([
+            "file",
+            "class_index",
+            "top1",
+            "top1_prob",
+            "correct",
+            "entropy",
+        ])?;
+        None
+    };
+    let mut n_dets = 0usize;
     let bar = indicatif::ProgressBar::new(files.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} [{elapsed} < {eta}] {msg}")
@@ -136,6 +166,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         };
         let out = guard.run_pixels(Preprocess::pixels(&img).view())?;
+        if let Some((d, _)) = det_csv.as_mut() {
+            let (fw, fh) = image::image_dimensions(path)
+                .with_context(|| format!("reading the size of {}", path.display()))?;
+            let dets = detect::detections(&guard, &out, fw, fh)?;
+            let stats = response::analyze(out.response.view(), &cfg);
+            entropies.push(stats.entropy);
+            n_dets += dets.len();
+            bar.suspend(|| tracing::info!("{name}: {}", shown(&dets)));
+            write_detections(d, &name, &dets, fw, fh)?;
+            let top = dets.first();
+            w.write_record([
+                name,
+                dets.len().to_string(),
+                top.map(|t| t.class.to_string()).unwrap_or_default(),
+                top.map(|t| t.label.clone()).unwrap_or_default(),
+                top.map(|t| format!("{:.6}", t.score)).unwrap_or_default(),
+                format!("{:.6}", stats.entropy),
+            ])?;
+            continue;
+        }
         let probs = out.probs();
         let top1 = top_k(&probs, 1)[0];
         let stats = response::analyze(out.response.view(), &cfg);
@@ -168,6 +218,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         guard.backend(),
         args.output.display()
     );
+    if let Some((mut d, p)) = det_csv {
+        d.flush()?;
+        println!("{n_dets} detections -> {}", p.display());
+    }
     if labelled > 0 {
         println!(
             "top-1 accuracy: {:.4} ({correct}/{labelled})",
@@ -187,6 +241,48 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             q(0.75),
             q(1.0)
         );
+    }
+    Ok(())
+}
+
+/// `scores.csv` → `scores-detections.csv`, beside it.
+fn detections_path(output: &Path) -> PathBuf {
+    let stem = output
+        .file_stem()
+        .map_or("scores".into(), |s| s.to_string_lossy().into_owned());
+    output.with_file_name(format!("{stem}-detections.csv"))
+}
+
+/// The log line of one photo's detections.
+fn shown(dets: &[Detection]) -> String {
+    if dets.is_empty() {
+        return "no detections".into();
+    }
+    dets.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn write_detections(
+    w: &mut csv::Writer<std::fs::File>,
+    file: &str,
+    dets: &[Detection],
+    fw: u32,
+    fh: u32,
+) -> anyhow::Result<()> {
+    for (rank, d) in dets.iter().enumerate() {
+        let mut row = vec![
+            file.to_string(),
+            (rank + 1).to_string(),
+            d.class.to_string(),
+            d.label.clone(),
+            format!("{:.6}", d.score),
+        ];
+        row.extend(d.bbox.iter().map(|v| format!("{v:.2}")));
+        row.push(fw.to_string());
+        row.push(fh.to_string());
+        w.write_record(&row)?;
     }
     Ok(())
 }

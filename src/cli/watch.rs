@@ -1,6 +1,7 @@
 //! `advguard watch`: score cameras, streams and files live; events as JSON lines on stdout.
 
 use super::ModelArgs;
+use advguard::detector::cascade::GuardEvery;
 use advguard::detector::{DetectorChoice, DetectorConfig, DetectorKind, FusedConfig, Profile};
 use advguard::engine::GuardOptions;
 use advguard::engine::compile::CompileOptions;
@@ -45,6 +46,11 @@ pub struct SourceArgs {
     /// Live sources: restart after this many seconds without a frame.
     #[arg(long, default_value_t = 5.0)]
     pub watchdog_secs: f64,
+    /// The cascade: the guard pass (response, heat map) on every k-th frame and at once when
+    /// the class distribution moves, the forward pass on the rest; `auto` picks k ≤ 3 from the
+    /// compute budget (k = 1 when the guard keeps up), 1 turns the cascade off.
+    #[arg(long, default_value = "auto")]
+    pub guard_every: GuardEvery,
 }
 
 /// Arguments of `advguard watch`.
@@ -156,6 +162,7 @@ pub fn cameras(src: &SourceArgs) -> anyhow::Result<(Vec<CamDraft>, Option<WatchF
                 detector: None,
                 threshold: None,
                 realtime: None,
+                guard_every: None,
             },
             profile: None,
         });
@@ -330,6 +337,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             overlay,
             fused,
             inject: args.inject.clone(),
+            guard_every: c.guard_every.unwrap_or(args.src.guard_every),
         });
     }
     let metrics_addr = match args.metrics_addr.clone().or_else(|| {

@@ -93,6 +93,7 @@ pub fn input<'a>(s: &'a Sample, stats: &'a FrameStats) -> FrameInput<'a> {
         },
         bbox: None,
         pixel_change: s.pixel_change,
+        fresh: true,
     }
 }
 

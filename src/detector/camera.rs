@@ -76,8 +76,11 @@ pub struct FrameInput<'a> {
     pub pts_ms: u64,
     /// Softmax class distribution.
     pub probs: &'a [f32],
-    /// Response statistics.
+    /// Response statistics: of this frame, or of the last guard frame when `fresh` is false.
     pub stats: &'a FrameStats,
+    /// Whether `stats` and `bbox` are this frame's (false on the cascade's forward-only
+    /// frames, where response-based rules hold their state instead of counting a frame).
+    pub fresh: bool,
     /// Top-1 class.
     pub top1: ClassGuess,
     /// Response box scaled to frame pixels.
@@ -296,6 +299,7 @@ mod tests {
                 },
                 bbox: None,
                 pixel_change: None,
+                fresh: true,
             };
             let o = d.observe(&input, &mut || (None, None));
             msgs.extend(o.events);
@@ -334,6 +338,7 @@ mod tests {
             },
             bbox: Some([1, 2, 3, 4]),
             pixel_change: None,
+            fresh: true,
         };
         let o = d.observe(&input, &mut || (None, None));
         assert_eq!(o.events.len(), 1);

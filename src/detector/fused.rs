@@ -233,6 +233,9 @@ struct SignalState {
     rule: SignalRule,
     /// The last over-threshold frame while closed (the onset rule confirms one frame late).
     last_over: Option<FrameFacts>,
+    /// A response signal was over its threshold or held on its last fresh frame: the cascade
+    /// guards the next frames so that its k-of-n rule counts consecutive frames.
+    wants: bool,
 }
 
 /// What one signal did on one frame.
@@ -266,6 +269,7 @@ impl SignalState {
             cfg,
             rule,
             last_over: None,
+            wants: false,
         }
     }
 
@@ -358,6 +362,23 @@ impl SignalState {
             fired,
             holds,
             hot: hot || fired.is_some(),
+        }
+    }
+
+    /// A cascade forward-only frame for a response signal: its score is the last guard frame's,
+    /// so the rule neither counts the frame nor fires; it holds what it held, and the frame is
+    /// not hot (an event's end stays on a frame whose response was seen).
+    fn hold(&self, score: f64) -> Step {
+        let holds = match &self.rule {
+            SignalRule::KofN(r) => r.is_open(),
+            SignalRule::Onset(p) => matches!(p, OnsetPhase::Open { .. }),
+        };
+        Step {
+            score: if score.is_finite() { score } else { 0.0 },
+            over: false,
+            fired: None,
+            holds,
+            hot: false,
         }
     }
 
@@ -532,8 +553,12 @@ impl FusedDetector {
                     },
                     f.pts_ms,
                 )
+            } else if !f.fresh {
+                s.hold(score)
             } else {
-                s.step(score, |_| false, f.pts_ms)
+                let st = s.step(score, |_| false, f.pts_ms);
+                s.wants = st.over || st.holds;
+                st
             };
             facts.over = st.over;
             if s.kind == SignalKind::Onset && was_open && !st.holds {
@@ -702,6 +727,8 @@ fn note(s: &SignalState, score: f64, at: u64) -> SignalNote {
     }
 }
 
+use super::cascade::ResponseNeed;
+
 impl super::state::CameraState for FusedDetector {
     fn observe(&mut self, f: &FrameInput<'_>, media: &mut Media<'_>) -> Observation {
         FusedDetector::observe(self, f, media)
@@ -726,6 +753,21 @@ impl super::state::CameraState for FusedDetector {
     fn headline(&self) -> (String, f64) {
         // The fused score is the largest score / threshold ratio: 1 is the alarm line.
         ("fused".into(), 1.0)
+    }
+
+    fn wants_response(&self) -> bool {
+        self.signals
+            .iter()
+            .any(|s| s.kind != SignalKind::Onset && s.wants)
+    }
+
+    fn response_need(&self) -> ResponseNeed {
+        ResponseNeed::from_onset(
+            self.signals
+                .iter()
+                .find(|s| s.kind == SignalKind::Onset)
+                .map(|s| s.cfg.threshold),
+        )
     }
 }
 
@@ -765,6 +807,7 @@ mod tests {
                 top1: guess(),
                 bbox: Some(st.bbox),
                 pixel_change: Some(*px),
+                fresh: true,
             };
             out.extend(d.observe(&input, &mut || (None, None)).events);
         }

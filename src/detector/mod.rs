@@ -13,6 +13,7 @@
 pub mod budget;
 pub mod calibrate;
 pub mod camera;
+pub mod cascade;
 pub mod combiner;
 pub mod cut;
 pub mod event;

@@ -2,6 +2,7 @@
 //! which detector runs, and the one factory that picks it from the camera's plan.
 
 use super::camera::{CameraDetector, FrameInput, Observation};
+use super::cascade::ResponseNeed;
 use super::event::Event;
 use super::score::{FrameScores, jump, kl_divergence};
 use super::tracker::Media;
@@ -17,6 +18,16 @@ pub trait CameraState: Send {
     fn describe(&self) -> String;
     /// Name of the driving score and its start threshold, for the overlay caption.
     fn headline(&self) -> (String, f64);
+    /// What the detector needs of the response (the cascade's input); every frame unless the
+    /// detector says otherwise.
+    fn response_need(&self) -> ResponseNeed {
+        ResponseNeed::EveryFrame
+    }
+    /// The next frame should get the guard pass whatever the cascade's schedule: a response
+    /// signal is over its threshold and its rule is counting frames.
+    fn wants_response(&self) -> bool {
+        false
+    }
 }
 
 /// The detector a camera runs in `advguard watch`.
@@ -56,6 +67,16 @@ impl CameraState for CameraDetector {
 
     fn headline(&self) -> (String, f64) {
         (self.config().kind.to_string(), self.config().rule.threshold)
+    }
+
+    fn response_need(&self) -> ResponseNeed {
+        // Only the onset reads the class distribution alone.
+        match self.config().kind {
+            super::DetectorKind::Onset => {
+                ResponseNeed::from_onset(Some(self.config().rule.threshold))
+            }
+            _ => ResponseNeed::EveryFrame,
+        }
     }
 }
 
@@ -129,6 +150,7 @@ mod tests {
             },
             bbox: None,
             pixel_change: None,
+            fresh: true,
         }
     }
 

@@ -103,6 +103,18 @@ pub struct Guard {
     engine: Box<dyn Engine>,
     labels: Vec<String>,
     calls: u64,
+    forward: Forward,
+}
+
+/// The forward-only engine of a guard (the cascade's cheap pass): the model as loaded, planned
+/// on the same backend on first use, so a guard that never needs it pays nothing.
+enum Forward {
+    /// The guard's own engine already is the plain classifier.
+    Same,
+    /// Not opened yet: the loaded model and the backend to plan it on.
+    Pending(Box<crate::onnx::ModelProto>, BackendKind),
+    /// Opened.
+    Open(Box<dyn Engine>),
 }
 
 impl Guard {
@@ -113,9 +125,12 @@ impl Guard {
         let s = manifest.preprocess.size as usize;
         let shape = [1, 3, s, s];
         check_input(&model, manifest, &model_path, shape)?;
+        let classes = super::detect::check_model(&model, manifest, &model_path)?;
         let backend = opts.backend.resolve();
+        let mut forward = Forward::Same;
         let graph = match &opts.compile {
             Some(c) => {
+                forward = Forward::Pending(Box::new(model.clone()), backend);
                 let mut c = c.clone();
                 c.input_shape.get_or_insert(shape);
                 c.target = match backend {
@@ -123,16 +138,15 @@ impl Guard {
                     _ => compile::Target::OnnxRuntime,
                 };
                 if c.seed == compile::Seed::LastConv
-                    && let Some(t) = &manifest.trace
+                    && let Some(seed) = manifest.default_seed()
                 {
-                    c.seed = compile::Seed::Tensor(t.clone());
+                    c.seed = seed;
                 }
                 compile::compile(&model, &c)?
             }
             None => model,
         };
         let engine = open_engine(&graph, &manifest.input, shape, backend)?;
-        let classes = 1000;
         let labels = manifest.labels(classes);
         Ok(Guard {
             manifest: manifest.clone(),
@@ -140,6 +154,7 @@ impl Guard {
             engine,
             labels,
             calls: 0,
+            forward,
         })
     }
 
@@ -184,6 +199,33 @@ impl Guard {
         self.calls += 1;
         let out = self.engine.run(t.view(), None)?;
         Ok(self.fix(out))
+    }
+
+    /// Plans the forward-only engine now (it is otherwise planned on the first
+    /// [`Guard::forward_rgb8`]), so that a bad model fails at start-up, not mid-stream.
+    pub fn prepare_forward(&mut self) -> Result<(), GuardError> {
+        if let Forward::Pending(model, backend) = &self.forward {
+            let s = self.manifest.preprocess.size as usize;
+            let e = open_engine(model, &self.manifest.input, [1, 3, s, s], *backend)?;
+            self.forward = Forward::Open(e);
+        }
+        Ok(())
+    }
+
+    /// The class scores of one frame without the response (`response` is empty): the plain
+    /// model on the same backend and preprocessing, a fraction of a guard frame's cost.
+    pub fn forward_rgb8(&mut self, rgb: &[u8], w: u32, h: u32) -> Result<GuardOutput, GuardError> {
+        self.prepare_forward()?;
+        let t = self.manifest.preprocess.tensor_from_rgb8(rgb, w, h)?;
+        self.calls += 1;
+        let out = match &mut self.forward {
+            Forward::Open(e) => e.run(t.view(), None)?,
+            _ => self.engine.run(t.view(), None)?,
+        };
+        let mut out = self.fix(out);
+        // A guard graph always gives a response; the forward pass never does.
+        out.response = ndarray::Array3::zeros((0, 0, 0));
+        Ok(out)
     }
 
     /// Runs H×W×3 float RGB pixels (0–255).

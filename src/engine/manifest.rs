@@ -1,7 +1,7 @@
 //! Model manifests (`engines/*.toml`) and model lookup: explicit path, `$ADVGUARD_MODELS`,
 //! the cache dir, then a download checked against its sha256.
 
-use super::preprocess::Preprocess;
+use super::preprocess::{Preprocess, Resize};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -25,6 +25,10 @@ const BUILTIN: &[(&str, &str)] = &[
     (
         "mobilenet_v2",
         include_str!("../../engines/mobilenet_v2.toml"),
+    ),
+    (
+        "centernet_mobilenetv3_coco",
+        include_str!("../../engines/centernet_mobilenetv3_coco.toml"),
     ),
 ];
 
@@ -65,27 +69,156 @@ pub struct ModelFile {
     pub download: Option<Download>,
 }
 
-/// A model manifest: how to find, feed and trace one classifier.
-#[derive(Debug, Clone, Deserialize)]
+/// What a model's outputs mean, and so how a frame's result is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// One score per class (ImageNet classifiers); the default, so older manifests stay valid.
+    #[default]
+    Classifier,
+    /// A CenterNet-style object detector: a per-class centre heat map plus box sizes.
+    Detector,
+}
+
+/// How a CenterNet-style detector's outputs are decoded (the `[detector]` table).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct DetectorSpec {
+    /// Graph output holding the per-class centre heat map, 1×classes×H×W, already in [0, 1].
+    pub heatmap: String,
+    /// Graph output holding, per cell, the distances from the centre to the box's left, top,
+    /// right and bottom edges (1×4×H×W, model-input pixels).
+    pub boxes: String,
+    /// Side of the window a peak must be the maximum of (max-pool NMS); odd.
+    #[serde(default = "default_nms")]
+    pub nms: usize,
+    /// At most this many peaks over all classes and cells are kept.
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+    /// Peaks scoring below this are not detections.
+    #[serde(default = "default_threshold")]
+    pub threshold: f32,
+    /// Heat-map channel whose ½‖·‖² seeds the backward pass by default; absent: the whole map.
+    pub seed_class: Option<usize>,
+}
+
+fn default_nms() -> usize {
+    3
+}
+fn default_top_k() -> usize {
+    100
+}
+fn default_threshold() -> f32 {
+    0.3
+}
+
+/// A model manifest: how to find, feed and trace one classifier or detector.
+#[derive(Debug, Clone)]
 pub struct Manifest {
     /// Short name.
     pub name: String,
     /// One-line description with provenance and licence.
-    #[serde(default)]
     pub description: String,
+    /// Classifier or detector.
+    pub kind: ModelKind,
     /// Name of the image input of the ONNX graph.
     pub input: String,
     /// Tensor whose activations seed the guided backprop (the paper's last conv layer).
     pub trace: Option<String>,
-    /// Whether the model output is probabilities or logits.
+    /// Whether the model output is probabilities or logits (detectors: `Logits`, nothing to undo).
     pub output: OutputKind,
     /// Labels file (`index,names` per line), looked up like the model.
     pub labels: Option<String>,
     /// Input preprocessing.
     pub preprocess: Preprocess,
+    /// Decoding of a detector's outputs; `Some` exactly when `kind` is `Detector`.
+    pub detector: Option<DetectorSpec>,
     /// The model file.
     pub model: ModelFile,
+}
+
+/// The manifest as written; [`Manifest::parse`] checks that its keys fit together.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    kind: ModelKind,
+    input: String,
+    trace: Option<String>,
+    output: Option<OutputKind>,
+    labels: Option<String>,
+    preprocess: Preprocess,
+    detector: Option<DetectorSpec>,
+    model: ModelFile,
+}
+
+impl RawManifest {
+    fn check(self) -> Result<Manifest, String> {
+        let output = match (self.kind, self.output, &self.detector) {
+            (ModelKind::Classifier, _, Some(_)) => {
+                return Err("a [detector] table needs kind = \"detector\"".into());
+            }
+            (ModelKind::Classifier, None, None) => {
+                return Err("missing key `output` (probabilities or logits)".into());
+            }
+            (ModelKind::Classifier, Some(o), None) => o,
+            (ModelKind::Detector, _, None) => {
+                return Err("kind = \"detector\" needs a [detector] table (heatmap, boxes)".into());
+            }
+            (ModelKind::Detector, Some(_), Some(_)) => {
+                return Err(
+                    "key `output` is for classifiers; a detector names its outputs in [detector]"
+                        .into(),
+                );
+            }
+            (ModelKind::Detector, None, Some(d)) => {
+                if d.nms == 0 || d.nms % 2 == 0 {
+                    return Err(format!("detector.nms = {} must be odd (3 for 3×3)", d.nms));
+                }
+                if d.top_k == 0 {
+                    return Err("detector.top_k must be at least 1".into());
+                }
+                if !(0.0..=1.0).contains(&d.threshold) {
+                    return Err(format!(
+                        "detector.threshold = {} is outside [0, 1] (heat-map scores)",
+                        d.threshold
+                    ));
+                }
+                if d.heatmap == d.boxes {
+                    return Err(format!(
+                        "detector.heatmap and detector.boxes are both {:?}",
+                        d.heatmap
+                    ));
+                }
+                // Boxes are mapped back to the frame by scaling; a crop would need an offset.
+                if self.preprocess.resize != Resize::Squash {
+                    return Err("a detector needs preprocess.resize = \"squash\" (boxes are scaled back to the frame)".into());
+                }
+                if self.trace.is_some() {
+                    return Err(
+                        "key `trace` is for classifiers; a detector seeds at detector.seed_class"
+                            .into(),
+                    );
+                }
+                OutputKind::Logits
+            }
+        };
+        Ok(Manifest {
+            name: self.name,
+            description: self.description,
+            kind: self.kind,
+            input: self.input,
+            trace: self.trace,
+            output,
+            labels: self.labels,
+            preprocess: self.preprocess,
+            detector: self.detector,
+            model: self.model,
+        })
+    }
 }
 
 /// Errors while finding or checking a model.
@@ -141,10 +274,35 @@ impl Manifest {
 
     /// Parses manifest TOML; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Manifest, ManifestError> {
-        toml::from_str(text).map_err(|e| ManifestError::Parse {
+        // toml's own Display draws the source line under the message; one line is kept instead.
+        let raw: RawManifest = toml::from_str(text).map_err(|e| ManifestError::Parse {
             path: origin.into(),
-            msg: e.to_string().trim().replace('\n', " "),
+            msg: match e.span() {
+                Some(sp) => format!(
+                    "line {}: {}",
+                    text[..sp.start.min(text.len())].matches('\n').count() + 1,
+                    e.message().trim().replace('\n', " ")
+                ),
+                None => e.message().trim().replace('\n', " "),
+            },
+        })?;
+        raw.check().map_err(|msg| ManifestError::Parse {
+            path: origin.into(),
+            msg,
         })
+    }
+
+    /// The seed a guard uses when asked for the default (`last-conv`): the trace layer of a
+    /// classifier, the seed channel (or the whole) heat map of a detector; `None`: the compiler's own.
+    pub fn default_seed(&self) -> Option<crate::engine::compile::Seed> {
+        use crate::engine::compile::Seed;
+        match &self.detector {
+            Some(d) => Some(match d.seed_class {
+                Some(c) => Seed::Channel(d.heatmap.clone(), c),
+                None => Seed::Tensor(d.heatmap.clone()),
+            }),
+            None => self.trace.clone().map(Seed::Tensor),
+        }
     }
 
     /// Finds the model file: `explicit`, then `$ADVGUARD_MODELS`, then the cache, then the download.
@@ -169,6 +327,13 @@ impl Manifest {
     pub fn resolve_labels(&self) -> Option<PathBuf> {
         let f = self.labels.as_deref()?;
         resolve_file(&[(f, None)], None).ok()
+    }
+
+    /// Number of `index,name` lines in the labels file (0 when there is none).
+    pub fn label_count(&self) -> usize {
+        self.resolve_labels()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .map_or(0, |t| t.lines().filter(|l| l.contains(',')).count())
     }
 
     /// Class names, one per class index; falls back to `class N` when no labels file is found.

@@ -5,13 +5,14 @@
 //! Backends only see ONNX bytes; the compiler only sees the ONNX IR (`crate::onnx`).
 
 pub mod compile;
+pub mod detect;
 pub mod guard;
 pub mod manifest;
 pub mod ort_backend;
 pub mod preprocess;
 pub mod tract_backend;
 
-use ndarray::{Array3, ArrayView2, ArrayView4};
+use ndarray::{Array3, ArrayD, ArrayView2, ArrayView4, ArrayViewD};
 
 /// Name of the guard graph's class-score output (pre-Softmax logits).
 pub const LOGITS: &str = "logits";
@@ -27,9 +28,20 @@ pub struct GuardOutput {
     pub logits: Vec<f32>,
     /// Feature response for the first batch item, C×H×W in model-input space.
     pub response: Array3<f32>,
+    /// The graph's other float outputs by name, shapes as the graph gives them (batch axis
+    /// kept): a detector's heat map and boxes come back in the same call as the response.
+    pub outputs: Vec<(String, ArrayD<f32>)>,
 }
 
 impl GuardOutput {
+    /// A named output of [`GuardOutput::outputs`].
+    pub fn output(&self, name: &str) -> Option<ArrayViewD<'_, f32>> {
+        self.outputs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| a.view())
+    }
+
     /// Softmax of the logits.
     pub fn probs(&self) -> Vec<f32> {
         softmax(&self.logits)
@@ -50,6 +62,23 @@ pub fn top_k(x: &[f32], k: usize) -> Vec<usize> {
     idx.sort_by(|&a, &b| x[b].total_cmp(&x[a]));
     idx.truncate(k);
     idx
+}
+
+/// The outputs a backend returns besides `logits` and `response`: every other graph output of
+/// float type (or undeclared type), in graph order. The one a plain model's logits come from is
+/// included too, so a detector's heat map has its own name whichever graph runs.
+pub(crate) fn extra_outputs(graph: &crate::onnx::pb::GraphProto) -> Vec<String> {
+    use crate::onnx::pb::type_proto::Value;
+    graph
+        .output
+        .iter()
+        .filter(|o| o.name != LOGITS && o.name != RESPONSE)
+        .filter(|o| match o.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+            Some(Value::TensorType(tt)) => tt.elem_type == crate::onnx::FLOAT || tt.elem_type == 0,
+            _ => true,
+        })
+        .map(|o| o.name.clone())
+        .collect()
 }
 
 /// Errors from loading or running an engine.

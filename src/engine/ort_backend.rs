@@ -121,6 +121,7 @@ pub struct OrtEngine {
     has_seed: bool,
     has_response: bool,
     logits: String,
+    extras: Vec<String>,
 }
 
 impl OrtEngine {
@@ -158,6 +159,7 @@ impl OrtEngine {
                 .ok_or_else(|| err(name, "no outputs"))?
                 .to_string()
         };
+        let extras = super::extra_outputs(graph);
         let bytes = crate::onnx::encode(model);
         let b = Session::builder(env).map_err(|e| err(name, e))?;
         let threads = INTRA_THREADS.load(std::sync::atomic::Ordering::Relaxed);
@@ -191,6 +193,7 @@ impl OrtEngine {
             has_seed,
             has_response,
             logits,
+            extras,
         })
     }
 }
@@ -262,6 +265,20 @@ impl Engine for OrtEngine {
         } else {
             ndarray::Array3::zeros((0, 0, 0))
         };
-        Ok(GuardOutput { logits, response })
+        let mut outputs = Vec::with_capacity(self.extras.len());
+        // An output that is not f32 after all is left out; whoever needs it names it missing.
+        for n in &self.extras {
+            if let Some(a) = out
+                .get(n.as_str())
+                .and_then(|v| v.try_extract_array::<f32>().ok())
+            {
+                outputs.push((n.clone(), a.to_owned()));
+            }
+        }
+        Ok(GuardOutput {
+            logits,
+            response,
+            outputs,
+        })
     }
 }

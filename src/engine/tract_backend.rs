@@ -13,6 +13,8 @@ pub struct TractEngine {
     shape: [usize; 4],
     has_seed: bool,
     has_response: bool,
+    /// Extra outputs by name and their index among the plan's outputs.
+    extras: Vec<(String, usize)>,
 }
 
 fn err(e: impl std::fmt::Display) -> EngineError {
@@ -51,6 +53,18 @@ impl TractEngine {
         if has_response {
             out_names.push(RESPONSE.into());
         }
+        // A plain model's logits output is also an extra: share its plan output.
+        let mut extras = Vec::new();
+        for name in super::extra_outputs(graph) {
+            let k = match out_names.iter().position(|n| *n == name) {
+                Some(k) => k,
+                None => {
+                    out_names.push(name.clone());
+                    out_names.len() - 1
+                }
+            };
+            extras.push((name, k));
+        }
         let mut in_names = vec![input.to_string()];
         if has_seed {
             in_names.push(SEED.into());
@@ -79,6 +93,7 @@ impl TractEngine {
             shape,
             has_seed,
             has_response,
+            extras,
         })
     }
 }
@@ -128,6 +143,17 @@ impl Engine for TractEngine {
         } else {
             Array3::zeros((0, 0, 0))
         };
-        Ok(GuardOutput { logits, response })
+        let mut outputs = Vec::with_capacity(self.extras.len());
+        // An output that is not f32 after all is left out; whoever needs it names it missing.
+        for (name, k) in &self.extras {
+            if let Ok(a) = out[*k].to_plain_array_view::<f32>() {
+                outputs.push((name.clone(), a.to_owned()));
+            }
+        }
+        Ok(GuardOutput {
+            logits,
+            response,
+            outputs,
+        })
     }
 }

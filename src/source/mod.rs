@@ -9,6 +9,7 @@
 mod error;
 mod frame;
 mod pipeline;
+mod probe;
 mod run;
 mod spec;
 mod stats;
@@ -17,7 +18,8 @@ mod uri;
 pub use error::SourceError;
 pub use frame::Frame;
 pub use pipeline::{describe, template_body};
-pub use spec::{SourceKind, SourceSpec};
+pub use probe::file_framerate;
+pub use spec::{Retime, SourceKind, SourceSpec};
 pub use stats::SourceStats;
 pub use uri::redact;
 

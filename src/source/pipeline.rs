@@ -42,6 +42,16 @@ pub fn describe(spec: &SourceSpec, kind: &SourceKind) -> String {
         .replace(key, &value)
         .replace("{size}", &spec.size.to_string())
         .replace("{sync}", if spec.realtime { "true" } else { "false" })
+        .replace(
+            "{speed}",
+            &match spec.retime {
+                Some(r) if r.speed > 0.0 && r.fps > 0 => format!(
+                    "! videorate rate={} ! video/x-raw,framerate={}/1",
+                    r.speed, r.fps
+                ),
+                _ => String::new(),
+            },
+        )
 }
 
 /// A `pipelines/*.txt` template as one gst-launch line: `#` comment lines dropped, the rest
@@ -123,6 +133,16 @@ mod tests {
         let d = describe(&spec, &spec.kind().unwrap());
         assert!(
             d.contains(r#"location="/x/y z.mp4""#) && d.contains("sync=true"),
+            "{d}"
+        );
+        assert!(!d.contains("videorate") && !d.contains('{'), "{d}");
+        spec.retime = Some(crate::source::Retime {
+            speed: 2.4,
+            fps: 30,
+        });
+        let d = describe(&spec, &spec.kind().unwrap());
+        assert!(
+            d.contains("! decodebin ! videorate rate=2.4 ! video/x-raw,framerate=30/1 ! queue"),
             "{d}"
         );
         for u in [

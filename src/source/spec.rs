@@ -27,6 +27,18 @@ pub struct SourceSpec {
     pub reconnect_max: Duration,
     /// Files: false = back-pressure (no drops); true = pace to the clock and drop like a live source.
     pub realtime: bool,
+    /// Files: play the clip's own frames re-timed to another rate (`advguard bench` plays a
+    /// 12.5-fps clip as a 30-fps camera); `None` = the stream's own rate.
+    pub retime: Option<Retime>,
+}
+
+/// A file's frames played faster or slower, none dropped or repeated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retime {
+    /// Speed factor: the target rate over the clip's rate.
+    pub speed: f64,
+    /// The target rate, frames/s.
+    pub fps: u32,
 }
 
 impl SourceSpec {
@@ -43,6 +55,7 @@ impl SourceSpec {
             reconnect_initial: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(30),
             realtime: false,
+            retime: None,
         }
     }
 

@@ -6,15 +6,19 @@ use std::time::{Duration, Instant};
 
 /// Per-source counters (shared, lock-free), read by metrics.
 ///
-/// `received = delivered + dropped + skipped` (up to frames still in flight).
+/// `received = delivered + dropped + skipped − superseded` (up to frames still in flight):
+/// a superseded frame was delivered, then dropped by the consumer for a newer one.
 #[derive(Debug)]
 pub struct SourceStats {
     /// Decoded frames that reached the source's tail queue.
     pub received: AtomicU64,
     /// Frames sent to the consumer.
     pub delivered: AtomicU64,
-    /// All dropped frames: `dropped_pipeline + dropped_consumer`.
+    /// All dropped frames: `dropped_pipeline + dropped_consumer + superseded`.
     pub dropped: AtomicU64,
+    /// Delivered frames the consumer dropped for a newer frame of this source (it scores
+    /// the newest frame of a live camera, never one behind it).
+    pub superseded: AtomicU64,
     /// Frames the leaky tail queue discarded because scaling/conversion fell behind.
     pub dropped_pipeline: AtomicU64,
     /// Frames the consumer could not take (channel full; live sources and realtime files).
@@ -48,6 +52,7 @@ impl SourceStats {
             received: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            superseded: AtomicU64::new(0),
             dropped_pipeline: AtomicU64::new(0),
             dropped_consumer: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
@@ -90,6 +95,12 @@ impl SourceStats {
 
     pub(crate) fn add_dropped_consumer(&self, n: u64) {
         self.dropped_consumer.fetch_add(n, Ordering::Relaxed);
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts `n` delivered frames the consumer dropped for newer ones.
+    pub fn add_superseded(&self, n: u64) {
+        self.superseded.fetch_add(n, Ordering::Relaxed);
         self.dropped.fetch_add(n, Ordering::Relaxed);
     }
 

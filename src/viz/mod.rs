@@ -4,6 +4,7 @@ use image::{Rgb, RgbImage, imageops};
 use ndarray::{ArrayView2, ArrayView3};
 use std::sync::OnceLock;
 
+pub mod detections;
 pub mod heat;
 pub mod strip;
 

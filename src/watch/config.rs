@@ -49,6 +49,10 @@ pub struct CameraConfig {
     /// Fixed start threshold (overrides the profile).
     #[serde(default)]
     pub threshold: Option<f64>,
+    /// Guard pass on every k-th frame, the rest forward only (`"auto"`: from the compute
+    /// budget; 1: every frame); default: the command line's `--guard-every`.
+    #[serde(default)]
+    pub guard_every: Option<crate::detector::cascade::GuardEvery>,
     /// Files only: pace at the stream's rate and drop like a live camera.
     #[serde(default)]
     pub realtime: Option<bool>,
@@ -216,6 +220,25 @@ mod tests {
             e.contains("camera[0].source") && e.contains("ADVGUARD_TEST_NOT_SET_X"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn guard_every_takes_auto_or_a_count_and_names_a_bad_one() {
+        use crate::detector::cascade::GuardEvery;
+        let cam =
+            |v: &str| format!("[[camera]]\nname = \"a\"\nsource = \"test:\"\nguard_every = {v}\n");
+        let f = WatchFile::parse(&cam("3"), "c.toml").unwrap();
+        assert_eq!(f.camera[0].guard_every, Some(GuardEvery::Every(3)));
+        let f = WatchFile::parse(&cam("\"auto\""), "c.toml").unwrap();
+        assert_eq!(f.camera[0].guard_every, Some(GuardEvery::Auto));
+        let e = WatchFile::parse(&cam("0"), "c.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("guard_every") && e.contains("line 4"), "{e}");
+        let e = WatchFile::parse(&cam("\"often\""), "c.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"often\"") && e.contains("auto"), "{e}");
     }
 
     #[test]

@@ -57,8 +57,15 @@ pub struct WatchMetrics {
     pub received: Family<CamLabel, Counter>,
     /// `advguard_frames_processed_total{camera}`: frames scored.
     pub processed: Family<CamLabel, Counter>,
+    /// `advguard_frames_guarded_total{camera}`: scored frames that got the guard pass (the
+    /// others got the cascade's forward pass only).
+    pub guarded: Family<CamLabel, Counter>,
     /// `advguard_frames_dropped_total{camera}`: frames dropped to keep lag bounded.
     pub dropped: Family<CamLabel, Counter>,
+    /// `advguard_frames_superseded_total{camera}`: delivered frames the engine worker dropped
+    /// for a newer frame of the same live camera (so none waits behind an older one); they
+    /// are in `frames_dropped` too.
+    pub superseded: Family<CamLabel, Counter>,
     /// `advguard_source_reconnects_total{camera}`.
     pub reconnects: Family<CamLabel, Counter>,
     /// `advguard_source_errors_total{camera}`: pipeline errors (each failed connect counts).
@@ -85,7 +92,9 @@ impl Default for WatchMetrics {
         WatchMetrics {
             received: Family::default(),
             processed: Family::default(),
+            guarded: Family::default(),
             dropped: Family::default(),
+            superseded: Family::default(),
             source_errors: Family::default(),
             reconnects: Family::default(),
             processing: Family::new_with_constructor(latency_hist as fn() -> Histogram),
@@ -118,9 +127,20 @@ impl WatchMetrics {
         );
         r.register("frames_processed", "Frames scored", self.processed.clone());
         r.register(
+            "frames_guarded",
+            "Scored frames that got the guard pass (the rest: forward pass only, the cascade)",
+            self.guarded.clone(),
+        );
+        r.register(
             "frames_dropped",
             "Frames dropped so that lag stays bounded",
             self.dropped.clone(),
+        );
+        r.register(
+            "frames_superseded",
+            "Delivered frames the engine worker dropped for a newer frame of the same live camera \
+             (included in frames_dropped)",
+            self.superseded.clone(),
         );
         r.register(
             "source_reconnects",
@@ -172,6 +192,15 @@ impl WatchMetrics {
         }
     }
 
+    /// Counts `n` frames of `camera` that the engine worker dropped for newer ones, in the
+    /// source's own counters (so `frames_dropped` includes them).
+    pub fn superseded(&self, camera: &str, n: u64) {
+        let Ok(s) = self.sources.lock() else { return };
+        if let Some((_, st)) = s.iter().find(|(c, _)| c == camera) {
+            st.add_superseded(n);
+        }
+    }
+
     /// Brings the counters that mirror source stats up to date (before a scrape).
     pub fn sync_sources(&self) {
         let Ok(s) = self.sources.lock() else { return };
@@ -190,6 +219,10 @@ impl WatchMetrics {
             bump(
                 &self.dropped.get_or_create(&l),
                 st.dropped.load(Ordering::Relaxed),
+            );
+            bump(
+                &self.superseded.get_or_create(&l),
+                st.superseded.load(Ordering::Relaxed),
             );
             bump(
                 &self.reconnects.get_or_create(&l),

@@ -22,6 +22,7 @@
 //! One camera's failure ends only that camera. A worker that panics ends the run with an error
 //! naming the camera (its open events are closed first); it never hangs it.
 
+pub mod bench;
 pub mod config;
 pub mod health;
 pub mod inject;
@@ -101,6 +102,8 @@ pub struct CameraPlan {
     pub overlay: Option<OverlayTarget>,
     /// `--inject` attack stretch.
     pub inject: Option<InjectSpec>,
+    /// Which frames get the guard pass (the rest the forward pass only).
+    pub guard_every: crate::detector::cascade::GuardEvery,
 }
 
 /// Where a camera's explain view (`--overlay`) goes.
@@ -171,6 +174,21 @@ pub struct WatchPlan {
 pub struct CameraSummary {
     /// Frames scored.
     pub processed: u64,
+    /// Of them, frames that got the guard pass (the rest: the cascade's forward pass only).
+    pub guarded: u64,
+    /// Guard frames a forward pass escalated (top-1 change, onset jump).
+    pub escalated: u64,
+    /// The cascade's k at the end (a guard frame at least every k frames).
+    pub guard_every: u32,
+    /// Age of each scored frame at its decision (capture → detector done), seconds.
+    pub decision_age_s: Vec<f32>,
+    /// Frames the source decoded, and of them dropped (counted) so that lag stays bounded.
+    pub received: u64,
+    /// See `received`.
+    pub dropped: u64,
+    /// Of `dropped`, delivered frames the engine worker dropped for a newer frame of the same
+    /// camera (live sources).
+    pub superseded: u64,
     /// Events started.
     pub events: u64,
     /// Why it failed, if it did.
@@ -480,7 +498,9 @@ impl Topology {
         for r in sources.values() {
             r.handle.stop();
         }
-        for (_, r) in sources {
+        let mut stats = HashMap::new();
+        for (name, r) in sources {
+            stats.insert(name, r.handle.stats());
             r.handle.join();
         }
         for (i, w) in std::mem::take(&mut self.workers).into_iter().enumerate() {
@@ -511,6 +531,13 @@ impl Topology {
             }
         }
         let mut summary = std::mem::take(&mut self.summary);
+        // Read after the workers are gone: they count the frames they supersede.
+        for (name, c) in summary.cameras.iter_mut() {
+            if let Some(st) = stats.get(name) {
+                c.received = st.received.load(Ordering::Relaxed);
+                c.dropped = st.dropped.load(Ordering::Relaxed);
+            }
+        }
         summary.processed = summary.cameras.values().map(|c| c.processed).sum();
         summary.wall_s = started.elapsed().as_secs_f64();
         if let Some(h) = self.hub.take() {

@@ -333,6 +333,8 @@ pub struct Explain<'a> {
     pub alert: bool,
     /// The score strip (bottom band), when there is a history.
     pub history: Option<&'a ScoreHistory>,
+    /// Object detections (detector models), boxes in `frame` pixels.
+    pub detections: &'a [crate::engine::detect::Detection],
 }
 
 /// The explain picture: the frame stretched back to the camera's geometry, heat blended where
@@ -371,6 +373,10 @@ pub fn explain(e: &Explain<'_>) -> RgbImage {
             scaled[3].saturating_sub(2).max(1),
         ];
         crate::viz::draw_box(&mut out, inner, colour);
+    }
+    if !e.detections.is_empty() {
+        let dets = crate::engine::detect::rescale(e.detections, (fw, fh), (w, h));
+        crate::viz::detections::draw(&mut out, &dets, 2);
     }
     let band = (h / 16).clamp(18, 40).min(h);
     if e.alert {
@@ -421,5 +427,6 @@ pub fn render(
         caption,
         alert,
         history: None,
+        detections: &[],
     })
 }

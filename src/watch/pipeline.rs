@@ -1,16 +1,19 @@
-//! One camera's path through a worker: frame → (`--inject`) → guard → response statistics →
-//! detector state → outputs. Everything a frame needs is computed once here, the response
-//! magnitude included, and shared by the statistics, the event heat map and the overlay.
+//! One camera's path through a worker: frame → (`--inject`) → cascade (guard or forward pass)
+//! → response statistics → detector state → outputs. Everything a frame needs is computed once
+//! here, the response magnitude included, and shared by the statistics, the event heat map and
+//! the overlay. On the cascade's forward-only frames the last guard frame's response stands in,
+//! marked stale for the detector.
 
 use super::inject::InjectSpec;
 use super::output::{Outputs, ScoredFrame};
 use super::{CameraPlan, CameraSummary, overlay};
 use crate::detector::FrameInput;
+use crate::detector::cascade::{Cascade, Plan};
 use crate::detector::cut::GrayThumb;
 use crate::detector::event::ClassGuess;
 use crate::detector::state::CameraState;
-use crate::engine::{Guard, top_k};
-use crate::response::{self, ResponseConfig};
+use crate::engine::{Guard, detect, top_k};
+use crate::response::{self, FrameStats, ResponseConfig};
 use crate::source::Frame;
 use image::RgbImage;
 use std::time::Instant;
@@ -26,21 +29,45 @@ pub(super) struct CameraPipeline {
     prev_thumb: Option<GrayThumb>,
     /// Scores of the last seconds (the explain view's strip).
     history: overlay::ScoreHistory,
+    /// Which frames get the guard pass.
+    cascade: Cascade,
+    /// The last guard frame's statistics and |response| map.
+    last_response: Option<(FrameStats, ndarray::Array2<f32>)>,
+    /// An event was open after the previous frame.
+    in_event: bool,
+    /// Each scored frame's age at its decision, s (the run's summary, the bench).
+    decision_age_s: Vec<f32>,
     pub processed: u64,
     pub done: bool,
+    /// A live camera (or realtime file): frames may be dropped for newer ones.
+    pub live: bool,
+    /// Frames the worker dropped for a newer one of this camera.
+    pub superseded: u64,
 }
 
 impl CameraPipeline {
-    pub fn new(plan: CameraPlan, state: Box<dyn CameraState>, outputs: Outputs) -> Self {
+    /// A camera's pipeline; `share` cameras run on its worker (the cascade's budget).
+    pub fn new(
+        plan: CameraPlan,
+        state: Box<dyn CameraState>,
+        outputs: Outputs,
+        share: usize,
+    ) -> Self {
         CameraPipeline {
             headline: state.headline(),
             history: overlay::ScoreHistory::new(overlay::signals_of(&plan)),
+            cascade: Cascade::new(plan.guard_every, state.response_need(), share),
             plan,
             state,
             outputs,
             prev_thumb: None,
+            last_response: None,
+            in_event: false,
+            decision_age_s: Vec::new(),
             processed: 0,
             done: false,
+            live: false,
+            superseded: 0,
         }
     }
 
@@ -64,10 +91,55 @@ impl CameraPipeline {
             rgb = InjectSpec::apply(spec, pg, &rgb, w, h)?;
             injected = true;
         }
-        let out = guard.run_rgb8(&rgb, w, h)?;
+        let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+        let (out, guard_ms, forward_ms) = match self.cascade.plan(
+            f.seq,
+            f.pts_ms,
+            self.in_event || self.state.wants_response(),
+        ) {
+            Plan::Guard(_) => {
+                let t = Instant::now();
+                let out = guard.run_rgb8(&rgb, w, h)?;
+                (out, Some(ms(t)), None)
+            }
+            Plan::Forward => {
+                let t = Instant::now();
+                let fwd = guard.forward_rgb8(&rgb, w, h)?;
+                let fwd_ms = ms(t);
+                match self.cascade.escalate(&fwd.probs()) {
+                    Some(_) => {
+                        let t = Instant::now();
+                        let out = guard.run_rgb8(&rgb, w, h)?;
+                        (out, Some(ms(t)), Some(fwd_ms))
+                    }
+                    None => (fwd, None, Some(fwd_ms)),
+                }
+            }
+        };
         let probs = out.probs();
+        self.cascade.record(&probs, guard_ms, forward_ms);
+        // A detector's objects come with every pass (the forward pass too).
+        let detections = if detect::is_detector(guard) {
+            detect::detections(guard, &out, w, h).unwrap_or_else(|e| {
+                tracing::warn!(camera = %self.plan.name, "detections: {e}");
+                Vec::new()
+            })
+        } else {
+            Vec::new()
+        };
+        if !detections.is_empty() {
+            tracing::debug!(camera = %self.plan.name, pts_ms = f.pts_ms,
+                detections = %detections.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; "),
+                "objects");
+        }
+        let fresh = guard_ms.is_some();
+        if fresh {
+            self.last_response = Some(response::analyze_with_magnitude(out.response.view(), cfg));
+        }
+        let Some((stats, magnitude)) = self.last_response.as_ref() else {
+            anyhow::bail!("no guard frame yet (the cascade guards a camera's first frame)");
+        };
         let k = top_k(&probs, 1).first().copied().unwrap_or(0);
-        let (stats, magnitude) = response::analyze_with_magnitude(out.response.view(), cfg);
         let top1 = ClassGuess {
             index: k,
             label: guard.labels().get(k).cloned().unwrap_or_default(),
@@ -82,7 +154,8 @@ impl CameraPipeline {
         let input = FrameInput {
             pts_ms: f.pts_ms,
             probs: &probs,
-            stats: &stats,
+            stats,
+            fresh,
             top1: top1.clone(),
             bbox,
             pixel_change,
@@ -105,6 +178,7 @@ impl CameraPipeline {
                 caption: &peak_caption,
                 alert: true,
                 history: Some(history),
+                detections: &detections,
             });
             (
                 // The snapshot at the camera's geometry too, not squashed to the model's.
@@ -118,6 +192,11 @@ impl CameraPipeline {
             )
         };
         let obs = self.state.observe(&input, &mut media);
+        self.in_event = obs.in_event;
+        // Bounded: an hour at 30 fps is 432 kB.
+        if self.decision_age_s.len() < 1 << 20 {
+            self.decision_age_s.push(f.captured.elapsed().as_secs_f32());
+        }
         self.history.push(f.pts_ms, &obs.scores, obs.in_event);
         self.processed += 1;
         let scored = ScoredFrame {
@@ -126,7 +205,9 @@ impl CameraPipeline {
             pts_ms: f.pts_ms,
             image: &image,
             probs: &probs,
-            stats: &stats,
+            stats,
+            guarded: fresh,
+            detections: &detections,
             magnitude: magnitude.view(),
             top1: &top1,
             obs: &obs,
@@ -147,8 +228,14 @@ impl CameraPipeline {
         if let Some(ev) = self.state.finish() {
             self.outputs.event(&ev);
         }
+        let c = self.cascade.counts();
         let mut summary = CameraSummary {
             processed: self.processed,
+            guarded: c.guard,
+            escalated: c.escalated,
+            guard_every: self.cascade.k(),
+            superseded: self.superseded,
+            decision_age_s: std::mem::take(&mut self.decision_age_s),
             error,
             ..Default::default()
         };

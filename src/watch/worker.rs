@@ -18,7 +18,7 @@ use crate::engine::{Guard, GuardOptions};
 use crate::response::ResponseConfig;
 use crate::source::SourceMsg;
 use crossbeam_channel::{Receiver, Sender};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
@@ -140,7 +140,28 @@ impl Worker {
             "engine worker ready"
         );
         self.build_cameras();
-        while let Ok(msg) = self.ctx.rx.recv() {
+        let mut pending: VecDeque<SourceMsg> = VecDeque::new();
+        let cap = 2 * self.cams.len().max(1);
+        loop {
+            if pending.is_empty() {
+                match self.ctx.rx.recv() {
+                    Ok(m) => pending.push_back(m),
+                    Err(_) => break,
+                }
+            }
+            // What is waiting, and of a live camera's frames only the newest: a frame never
+            // waits behind an older one of its own camera (the decision age stays one frame).
+            // At most a channel's worth is held here, so a file's back-pressure still reaches
+            // its decoder.
+            while pending.len() < cap
+                && let Ok(m) = self.ctx.rx.try_recv()
+            {
+                pending.push_back(m);
+                self.supersede(&mut pending);
+            }
+            let Some(msg) = pending.pop_front() else {
+                continue;
+            };
             match msg {
                 SourceMsg::Frame(f) => {
                     let Some(c) = self.cams.get_mut(&f.camera) else {
@@ -186,6 +207,35 @@ impl Worker {
         }
     }
 
+    /// Drops every frame of a live camera (or realtime file) that a newer frame of the same
+    /// camera follows in `pending`, counting each as dropped. Files with back-pressure keep
+    /// every frame.
+    fn supersede(&mut self, pending: &mut VecDeque<SourceMsg>) {
+        let mut newest: HashMap<Arc<str>, usize> = HashMap::new();
+        for (i, m) in pending.iter().enumerate() {
+            if let SourceMsg::Frame(f) = m
+                && self.cams.get(&f.camera).is_some_and(|c| c.live)
+            {
+                newest.insert(f.camera.clone(), i);
+            }
+        }
+        let mut i = 0;
+        pending.retain(|m| {
+            let keep = match m {
+                SourceMsg::Frame(f) => newest.get(&f.camera).is_none_or(|&n| n == i),
+                _ => true,
+            };
+            if !keep && let SourceMsg::Frame(f) = m {
+                if let Some(c) = self.cams.get_mut(&f.camera) {
+                    c.superseded += 1;
+                }
+                self.ctx.shared.metrics.superseded(&f.camera, 1);
+            }
+            i += 1;
+            keep
+        });
+    }
+
     fn end(&mut self, camera: &str, error: Option<String>) {
         if let Some(c) = self.cams.get_mut(camera)
             && !c.done
@@ -201,7 +251,13 @@ impl Worker {
         for c in &self.ctx.cameras {
             let (model, dm, base) = (&c.model, &self.ctx.default_model, &self.ctx.guard);
             if !guards.contains_key(model) {
-                let g = open_guard(model, dm, base, false).map_err(|e| format!("{e:#}"))?;
+                let mut g = open_guard(model, dm, base, false).map_err(|e| format!("{e:#}"))?;
+                // The cascade's forward pass, planned now so that it fails here, not mid-stream
+                // (a calibration run guards every frame and never needs it).
+                if !self.ctx.collect {
+                    g.prepare_forward()
+                        .map_err(|e| format!("opening the forward pass of {model}: {e}"))?;
+                }
                 guards.insert(model.clone(), g);
             }
             if c.inject.is_some() && !plain.contains_key(model) {
@@ -240,7 +296,8 @@ impl Worker {
             let page = (self.ctx.shared.page.clone())
                 .map(|b| output::page::PageOutput::new(&c.name, st.headline(), b));
             let outputs = output::for_camera(&c.name, &self.ctx.shared, overlay, page);
-            let p = CameraPipeline::new(c.clone(), st, outputs);
+            let mut p = CameraPipeline::new(c.clone(), st, outputs, self.ctx.cameras.len());
+            p.live = c.spec.realtime || c.spec.kind().is_ok_and(|k| k.is_live());
             tracing::info!(camera = %c.name, model = %c.model, worker = self.ctx.index,
                 detector = %p.describe(), outputs = ?p.output_names(), "camera pipeline ready");
             self.cams.insert(Arc::from(c.name.as_str()), p);

@@ -326,6 +326,7 @@ impl Scorer {
             bbox: Some(bbox),
             // Only the fused detector reads scene cuts; CameraDetector does not.
             pixel_change: None,
+            fresh: true,
         };
         let obs = self.detector.observe(&input, &mut render);
         let heat = heat.then(|| {

@@ -82,6 +82,22 @@ pub(super) fn prepare(model: &ModelProto, opts: &CompileOptions) -> Result<Prepa
         });
     }
 
+    // The rules index their inputs and first output; a node short of them (found by fuzzing: a
+    // Softmax without inputs) is refused here, naming it, rather than panicking later.
+    for n in &g.node {
+        let need = super::ops::rule(&n.op_type).map_or(0, |r| r.min_inputs);
+        let given = n.input.iter().take_while(|i| !i.is_empty()).count();
+        if n.output.first().is_none_or(|o| o.is_empty()) || given < need {
+            return Err(CompileError::Invalid(format!(
+                "node {:?} ({}) has {} input(s) and {} output(s); it needs at least {need} and 1",
+                n.name,
+                n.op_type,
+                n.input.len(),
+                n.output.len()
+            )));
+        }
+    }
+
     // Pin the input; drop value_info (it may carry symbolic or stale shapes).
     let elem = onnx::FLOAT;
     for vi in g.input.iter_mut().filter(|vi| vi.name == input) {

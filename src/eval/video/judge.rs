@@ -5,8 +5,10 @@ use super::Part;
 use super::attacks::{StretchKind, iou};
 use super::score::SessionRec;
 use crate::detector::budget::{self, Sample};
+use crate::detector::cascade::{Cascade, CascadeCounts, GuardEvery, Plan};
 use crate::detector::event::{Event, Phase};
 use crate::detector::fused::{FusedConfig, FusedDetector};
+use crate::detector::state::CameraState;
 use crate::eval::table::Table;
 use crate::response::FrameStats;
 use plotters::prelude::*;
@@ -41,22 +43,50 @@ pub struct Trace {
 
 /// Replays the detector over one session: its events (start and end messages) and trace.
 pub fn replay(s: &SessionRec, cfg: &FusedConfig) -> (Vec<Event>, Vec<Trace>) {
+    replay_cascade(s, cfg, GuardEvery::Every(1)).0
+}
+
+/// The replay as a camera running the cascade at `every` would see the session: frames the
+/// cascade leaves to the forward pass carry the last guard frame's response statistics,
+/// marked stale (the stored class distributions are the forward pass's, the same model's).
+/// Also returns the frames by pass.
+pub fn replay_cascade(
+    s: &SessionRec,
+    cfg: &FusedConfig,
+    every: GuardEvery,
+) -> ((Vec<Event>, Vec<Trace>), CascadeCounts) {
     let mut d = FusedDetector::new("eval", "", cfg.clone());
+    let mut cascade = Cascade::new(every, d.response_need(), 1);
     let mut events = Vec::new();
     let mut trace = Vec::new();
-    for (f, p) in s.frames.iter().zip(&s.probs) {
-        let mut st = FrameStats::scalar(f.entropy, f.concentration);
-        st.bbox = f.bbox;
+    let mut last: Option<(f64, f64, [u32; 4])> = None;
+    let mut in_event = false;
+    for (i, (f, p)) in s.frames.iter().zip(&s.probs).enumerate() {
+        let watching = in_event || d.wants_response();
+        let (guarded, forwarded) = match cascade.plan(i as u64, f.pts_ms, watching) {
+            Plan::Guard(_) => (true, false),
+            Plan::Forward => (cascade.escalate(p).is_some(), true),
+        };
+        // Costs are not replayed: a fixed k needs none.
+        cascade.record(p, guarded.then_some(0.0), forwarded.then_some(0.0));
+        if guarded || last.is_none() {
+            last = Some((f.entropy, f.concentration, f.bbox));
+        }
+        let (entropy, concentration, bbox) = last.unwrap_or((f.entropy, f.concentration, f.bbox));
+        let mut st = FrameStats::scalar(entropy, concentration);
+        st.bbox = bbox;
         let sample = Sample {
             pts_ms: f.pts_ms,
             probs: p.clone(),
-            entropy: f.entropy,
-            concentration: f.concentration,
+            entropy,
+            concentration,
             pixel_change: Some(f.pixel_change),
         };
         let mut input = budget::input(&sample, &st);
-        input.bbox = Some(f.bbox);
+        input.bbox = Some(bbox);
+        input.fresh = guarded;
         let o = d.observe(&input, &mut || (None, None));
+        in_event = o.in_event;
         let ratios = cfg
             .signals
             .iter()
@@ -77,7 +107,7 @@ pub fn replay(s: &SessionRec, cfg: &FusedConfig) -> (Vec<Event>, Vec<Trace>) {
         events.extend(o.events.into_iter().filter(|e| e.phase != Phase::Update));
     }
     events.extend(d.finish());
-    (events, trace)
+    ((events, trace), cascade.counts())
 }
 
 /// Per kind and clip.
@@ -112,6 +142,8 @@ pub struct Judgement {
     pub notes: BTreeMap<String, Vec<String>>,
     /// Thresholds per clip.
     pub thresholds: BTreeMap<String, String>,
+    /// Test frames by pass (the cascade).
+    pub cascade: CascadeCounts,
 }
 
 /// Calibrates per clip on its calibration sessions.
@@ -133,10 +165,11 @@ pub fn calibrate(
         .collect()
 }
 
-/// Replays the test sessions with per-clip configurations.
+/// Replays the test sessions with per-clip configurations, the cascade at `every`.
 pub fn judge(
     sessions: &[SessionRec],
     cfgs: &BTreeMap<String, (FusedConfig, Vec<String>)>,
+    every: GuardEvery,
 ) -> Judgement {
     let mut j = Judgement::default();
     for (clip, (c, notes)) in cfgs {
@@ -149,7 +182,10 @@ pub fn judge(
         };
         let f_ms = s.frames.get(1).map_or(100, |f| f.pts_ms.max(1));
         let dur = s.frames.last().map_or(0, |f| f.pts_ms + f_ms);
-        let (events, _) = replay(s, cfg);
+        let ((events, _), counts) = replay_cascade(s, cfg, every);
+        j.cascade.guard += counts.guard;
+        j.cascade.forward += counts.forward;
+        j.cascade.escalated += counts.escalated;
         let starts: Vec<&Event> = events.iter().filter(|e| e.phase == Phase::Start).collect();
         let (attack_lo, attack_hi) = s
             .plan
@@ -208,6 +244,67 @@ pub fn judge(
         }
     }
     j
+}
+
+/// What the cascade costs in detection: per k, the share of test frames that got the guard
+/// pass, the escalations and false alarms per hour; per k and stretch kind (all clips), the
+/// share detected, detected within 5 frames, and the median frames to alert.
+pub fn cascade_table(
+    sessions: &[SessionRec],
+    cfgs: &BTreeMap<String, (FusedConfig, Vec<String>)>,
+    ks: &[u32],
+) -> Table {
+    let mut t = Table::new(&[
+        "k",
+        "kind",
+        "guard frames",
+        "escalated (of guard frames)",
+        "false alarms / h",
+        "detected",
+        "detected ≤ 5 frames",
+        "frames to alert (median)",
+    ]);
+    for &k in ks {
+        let j = judge(sessions, cfgs, GuardEvery::Every(k.max(1)));
+        let c = j.cascade;
+        let all = (c.guard + c.forward).max(1) as f64;
+        let mut by_kind: BTreeMap<StretchKind, (usize, usize, usize, Vec<f64>)> = BTreeMap::new();
+        for ((_, kind), s) in &j.kinds {
+            let e = by_kind.entry(*kind).or_default();
+            e.0 += s.n;
+            e.1 += s.detected;
+            e.2 += s.latency_frames.iter().filter(|&&l| l <= 5.0).count();
+            e.3.extend(&s.latency_frames);
+        }
+        let mut first = true;
+        for (kind, (n, det, fast, lat)) in by_kind {
+            let (guard, esc, fa) = if first {
+                (
+                    format!("{:.2}", c.guard as f64 / all),
+                    format!("{:.2}", c.escalated as f64 / c.guard.max(1) as f64),
+                    format!("{:.2}", j.false_alarms as f64 / j.clean_hours.max(1e-9)),
+                )
+            } else {
+                Default::default()
+            };
+            first = false;
+            t.rows.push(vec![
+                k.to_string(),
+                kind.to_string(),
+                guard,
+                esc,
+                fa,
+                format!("{:.2}", det as f64 / n.max(1) as f64),
+                format!("{:.2}", fast as f64 / n.max(1) as f64),
+                if lat.is_empty() {
+                    "-".into()
+                } else {
+                    format!("{:.1}", quantile(&lat, 0.5))
+                },
+            ]);
+        }
+    }
+    t
 }
 
 fn quantile(v: &[f64], q: f64) -> f64 {
@@ -299,7 +396,7 @@ pub fn tradeoff(
                     (k.clone(), (c, n.clone()))
                 })
                 .collect();
-            let j = judge(sessions, &scaled);
+            let j = judge(sessions, &scaled, GuardEvery::Every(1));
             let (mut n, mut fast) = (0usize, 0usize);
             for k in j.kinds.values() {
                 n += k.n;

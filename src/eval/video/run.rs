@@ -7,6 +7,7 @@ use super::score::{Scorer, SessionRec};
 use super::{Part, VideoEvalConfig, plan_sessions};
 use crate::attack::Oracle;
 use crate::detector::FusedConfig;
+use crate::detector::cascade::GuardEvery;
 use crate::engine::manifest::Manifest;
 use crate::engine::{Guard, GuardOptions};
 use crate::response::ResponseConfig;
@@ -39,6 +40,8 @@ pub struct RunOptions {
     pub detector: FusedConfig,
     /// Show progress bars.
     pub progress: bool,
+    /// Cascade k values to replay the test sessions at (the detection cost table).
+    pub cascade: Vec<u32>,
 }
 
 /// What a run produced.
@@ -254,7 +257,7 @@ pub fn run(cfg: &VideoEvalConfig, opts: &RunOptions) -> anyhow::Result<RunSummar
         .map(|p| SessionRec::load(&dir, p).with_context(|| format!("session {} missing", p.id)))
         .collect::<anyhow::Result<_>>()?;
     let cfgs = judge::calibrate(&sessions, &opts.detector, cfg.budget);
-    let j = judge::judge(&sessions, &cfgs);
+    let j = judge::judge(&sessions, &cfgs, GuardEvery::Every(1));
     let curve = judge::tradeoff(
         &sessions,
         &cfgs,
@@ -284,6 +287,16 @@ pub fn run(cfg: &VideoEvalConfig, opts: &RunOptions) -> anyhow::Result<RunSummar
             "| {k} | {v:.2} | {:.2} |",
             m2.get(k).copied().unwrap_or(0.0)
         );
+    }
+    if !opts.cascade.is_empty() {
+        let _ = writeln!(
+            markdown,
+            "\nThe cascade (guard pass every k-th frame, at once when the onset jump passes half \
+             its threshold or a class outside the previous top 3 becomes top-1, every frame while \
+             an event is open; the rest forward only, response statistics held from the last \
+             guard frame), replayed on the same test sessions with the same thresholds:\n"
+        );
+        markdown.push_str(&judge::cascade_table(&sessions, &cfgs, &opts.cascade).to_markdown());
     }
     std::fs::write(dir.join("report.md"), &markdown)?;
     Ok(RunSummary {

@@ -40,6 +40,13 @@ pub struct FrameRecord {
     pub proc_ms: f64,
     /// The frame was replaced by `--inject`.
     pub injected: bool,
+    /// The frame got the guard pass (false: the cascade's forward pass only; `entropy` and
+    /// `concentration` are then the last guard frame's).
+    pub guarded: bool,
+    /// Object detections (detector models; empty for classifiers), boxes in model-input
+    /// pixels.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub detections: Vec<crate::engine::detect::Detection>,
     /// Wall-clock time the frame was scored, ms since the Unix epoch (throughput from the records).
     pub unix_ms: u64,
 }
@@ -62,6 +69,8 @@ impl FrameRecord {
             age_ms: f.age_s * 1e3,
             proc_ms: f.proc_s * 1e3,
             injected: f.injected,
+            guarded: f.guarded,
+            detections: f.detections.to_vec(),
             unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),

@@ -28,6 +28,9 @@ impl FrameOutput for MetricsOutput {
     fn frame(&mut self, f: &ScoredFrame<'_>) -> Result<(), OutputError> {
         let (m, l) = (&self.metrics, &self.label);
         m.processed.get_or_create(l).inc();
+        if f.guarded {
+            m.guarded.get_or_create(l).inc();
+        }
         m.processing.get_or_create(l).observe(f.proc_s);
         m.age.get_or_create(l).observe(f.age_s);
         m.score.get_or_create(l).observe(f.obs.score);

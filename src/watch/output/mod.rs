@@ -42,8 +42,12 @@ pub struct ScoredFrame<'a> {
     pub image: &'a RgbImage,
     /// Softmax class distribution.
     pub probs: &'a [f32],
-    /// Response statistics.
+    /// Response statistics (the last guard frame's when `guarded` is false).
     pub stats: &'a FrameStats,
+    /// The frame got the guard pass; false: the cascade's forward pass only.
+    pub guarded: bool,
+    /// Object detections of this frame (detector models), boxes in `image` pixels.
+    pub detections: &'a [crate::engine::detect::Detection],
     /// |response| summed over channels, model-input size (the heat map).
     pub magnitude: ArrayView2<'a, f32>,
     /// Top-1 class.

@@ -58,6 +58,7 @@ pub fn render(f: &ScoredFrame<'_>, camera: &str, headline: &(String, f64)) -> im
         caption: &caption,
         alert,
         history: Some(f.history),
+        detections: f.detections,
     })
 }
 

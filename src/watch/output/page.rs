@@ -48,6 +48,7 @@ impl FrameOutput for PageOutput {
                 magnitude: f.magnitude.to_owned(),
                 bbox: f.stats.bbox,
                 native: f.native,
+                detections: f.detections.to_vec(),
                 caption,
                 alert: f.obs.in_event,
                 injected: f.injected,

@@ -38,6 +38,8 @@ pub struct Latest {
     pub bbox: [u32; 4],
     /// The camera's frame size.
     pub native: (u32, u32),
+    /// Object detections (detector models), boxes in `frame` pixels.
+    pub detections: Vec<crate::engine::detect::Detection>,
     /// Caption of the explain picture.
     pub caption: String,
     /// An event is open after this frame.
@@ -167,6 +169,7 @@ impl PageBoard {
             caption: &latest.caption,
             alert: latest.alert,
             history: Some(&latest.history),
+            detections: &latest.detections,
         });
         let jpeg = Arc::new(crate::viz::jpeg_bytes(&img));
         let mut g = self.lock();

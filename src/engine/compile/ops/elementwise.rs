@@ -9,11 +9,11 @@ use crate::onnx::pb::NodeProto;
 pub const RULES: &[OpRule] = &[
     OpRule::new("Identity", identity),
     OpRule::new("Neg", neg),
-    OpRule::new("Add", add_sub_sum),
-    OpRule::new("Sub", add_sub_sum),
+    OpRule::new("Add", add_sub_sum).inputs(2),
+    OpRule::new("Sub", add_sub_sum).inputs(2),
     OpRule::new("Sum", add_sub_sum),
-    OpRule::new("Mul", mul),
-    OpRule::new("Div", div),
+    OpRule::new("Mul", mul).inputs(2),
+    OpRule::new("Div", div).inputs(2),
 ];
 
 fn identity(_: &mut Ctx, n: &NodeProto, g: &Grads, _: &dyn Fn(&str) -> bool) -> Out {

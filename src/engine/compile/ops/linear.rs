@@ -8,10 +8,10 @@ use crate::engine::compile::ctx::{Ctx, R, unsup, window};
 use crate::onnx::{self, attr_int, attr_ints, pb::NodeProto};
 
 pub const RULES: &[OpRule] = &[
-    OpRule::new("Conv", conv),
-    OpRule::upgraded("BatchNormalization", batchnorm_upgrade, batchnorm),
-    OpRule::new("Gemm", gemm),
-    OpRule::new("MatMul", matmul),
+    OpRule::new("Conv", conv).inputs(2),
+    OpRule::upgraded("BatchNormalization", batchnorm_upgrade, batchnorm).inputs(5),
+    OpRule::new("Gemm", gemm).inputs(2),
+    OpRule::new("MatMul", matmul).inputs(2),
 ];
 
 fn conv(cx: &mut Ctx, n: &NodeProto, g: &Grads, on_path: &dyn Fn(&str) -> bool) -> Out {

@@ -50,6 +50,8 @@ pub struct OpRule {
     pub upgrade: Option<Upgrade>,
     /// The adjoint; `None` for ops that may only appear off the input → seed path.
     pub adjoint: Option<Adjoint>,
+    /// Inputs the rules index (the lowest count any opset's schema allows).
+    pub min_inputs: usize,
 }
 
 impl OpRule {
@@ -59,6 +61,7 @@ impl OpRule {
             op,
             upgrade: None,
             adjoint: Some(adjoint),
+            min_inputs: 1,
         }
     }
 
@@ -68,6 +71,7 @@ impl OpRule {
             op,
             upgrade: Some(upgrade),
             adjoint: Some(adjoint),
+            min_inputs: 1,
         }
     }
 
@@ -77,6 +81,15 @@ impl OpRule {
             op,
             upgrade: Some(upgrade),
             adjoint: None,
+            min_inputs: 1,
+        }
+    }
+
+    /// The same rule for an op that needs at least `k` inputs.
+    pub const fn inputs(self, k: usize) -> Self {
+        OpRule {
+            min_inputs: k,
+            ..self
         }
     }
 }
