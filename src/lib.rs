@@ -9,6 +9,7 @@
 
 pub mod alert;
 pub mod attack;
+pub mod contain;
 pub mod detector;
 pub mod engine;
 pub mod eval;

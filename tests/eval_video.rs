@@ -192,6 +192,38 @@ fn calibrated_clean_footage_is_quiet_and_attacks_are_caught_by_the_onset_signal(
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no fgsm-4 margin in\n{}", s.markdown));
     assert!(margin > 1.0, "fgsm-4 onset margin {margin}");
+    // The cascade replay: at k = 3 fewer frames get the guard pass, and the onset still
+    // catches the PGD stretch (it reads only the class distribution).
+    let rows: Vec<Vec<String>> = s
+        .markdown
+        .lines()
+        .skip_while(|l| !l.starts_with("The cascade"))
+        .filter(|l| l.starts_with("| 1 |") || l.starts_with("| 3 |"))
+        .map(|l| l.split('|').map(|c| c.trim().to_string()).collect())
+        .collect();
+    let cell = |k: &str, kind: &str, col: usize| -> Option<String> {
+        rows.iter()
+            .find(|r| r[1] == k && r[2] == kind)
+            .map(|r| r[col].clone())
+    };
+    let share = |k: &str| -> f64 {
+        rows.iter()
+            .find(|r| r[1] == k && !r[3].is_empty())
+            .and_then(|r| r[3].parse().ok())
+            .unwrap_or_else(|| panic!("no cascade row k = {k} in\n{}", s.markdown))
+    };
+    assert_eq!(share("1"), 1.0);
+    assert!(
+        share("3") < 0.9,
+        "k = 3 guards {} of the frames",
+        share("3")
+    );
+    assert_eq!(
+        cell("3", "pgd-4", 6),
+        cell("1", "pgd-4", 6),
+        "{}",
+        s.markdown
+    );
     // Rerunning resumes from the stored sessions and judges the same.
     let again = run(&cfg, &opts).unwrap();
     assert_eq!(again.markdown, s.markdown);

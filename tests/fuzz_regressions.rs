@@ -85,6 +85,27 @@ fn onnx_compile_regressions_end_in_errors() {
     };
     let e = compile::compile(&model, &opts).unwrap_err().to_string();
     assert!(e.contains("(Softmax) has 0 input(s)"), "{e}");
+    // tract-hir's Flatten indexed past its input's rank (axis 91 of a rank-4 tensor) inside
+    // its shape analysis (the 300-s run after fix 7): contained, the model is refused.
+    for (mode, seed, target) in [
+        (Mode::Guided, Seed::LastConv, Target::Tract),
+        (Mode::Plain, Seed::Top1, Target::OnnxRuntime),
+    ] {
+        let p = inputs("onnx_compile")
+            .into_iter()
+            .find(|p| p.ends_with("flatten_axis_past_rank.onnx"))
+            .expect("flatten_axis_past_rank.onnx");
+        let model = advguard::onnx::decode(&std::fs::read(p).unwrap()).unwrap();
+        let opts = CompileOptions {
+            mode,
+            seed,
+            input_shape: Some([1, 3, 8, 8]),
+            target,
+        };
+        let e = compile::compile(&model, &opts).unwrap_err().to_string();
+        eprintln!("flatten_axis_past_rank: {e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
 }
 
 /// `onnx_engine`: a mutated Reshape made tract infer dims whose product overflowed `usize`

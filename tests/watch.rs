@@ -494,16 +494,14 @@ fn calibrated_clean_clip_is_quiet_and_an_injected_fgsm_stretch_is_one_event() {
         "guard frames outside the event: {share:.2} of {}",
         quiet.len()
     );
-    // The frame after one that ends inside the event is guarded (the event needs the response).
-    for w in recs3.windows(2) {
-        if w[0]["in_event"] == true {
-            assert!(
-                guarded(&w[1]),
-                "frame {} after an open event not guarded",
-                w[1]["seq"]
-            );
-        }
-    }
+    // The onset detector reads only the class distribution: the cascade keeps its k inside the
+    // event too (a detector reading the response guards every frame of an open event).
+    let inside: Vec<&Value> = recs3.iter().filter(|r| r["in_event"] == true).collect();
+    assert!(
+        !inside.is_empty() && inside.iter().any(|r| !guarded(r)),
+        "{} frames in the event, all guarded",
+        inside.len()
+    );
 }
 
 /// `--overlay rtsp://…`: watch serves the explain view from its own gst-rtsp-server, and a

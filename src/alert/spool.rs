@@ -23,11 +23,9 @@
 
 use crate::detector::event::{Event, Phase};
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
-use std::cell::{Cell, RefCell};
 use std::io::Read;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Once, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -112,55 +110,12 @@ fn dberr<E: Into<redb::Error>>(e: E) -> SpoolError {
     }
 }
 
-thread_local! {
-    /// Set while a redb call runs under [`guarded`]: its panic message is kept, not printed.
-    static QUIET: Cell<bool> = const { Cell::new(false) };
-    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
-}
-
-/// Installs (once) a panic hook that records panics of guarded redb calls on this thread
-/// instead of printing them; every other panic goes to the hook that was there before.
-fn install_quiet_hook() {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        let prev = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if QUIET.with(|q| q.get()) {
-                let msg = match (
-                    info.payload().downcast_ref::<&str>(),
-                    info.payload().downcast_ref::<String>(),
-                ) {
-                    (Some(s), _) => s.to_string(),
-                    (_, Some(s)) => s.clone(),
-                    _ => "unknown panic".to_string(),
-                };
-                let at = info
-                    .location()
-                    .map(|l| format!(" at {l}"))
-                    .unwrap_or_default();
-                LAST_PANIC.with(|p| *p.borrow_mut() = Some(format!("{msg}{at}")));
-            } else {
-                prev(info)
-            }
-        }));
-    });
-}
-
 /// Runs `f` (redb calls) and turns a panic inside it into [`SpoolError::Internal`].
 fn guarded<T>(
     during: &'static str,
     f: impl FnOnce() -> Result<T, SpoolError>,
 ) -> Result<T, SpoolError> {
-    install_quiet_hook();
-    let was = QUIET.with(|q| q.replace(true));
-    let r = catch_unwind(AssertUnwindSafe(f));
-    QUIET.with(|q| q.set(was));
-    r.unwrap_or_else(|_| {
-        let msg = LAST_PANIC
-            .with(|p| p.borrow_mut().take())
-            .unwrap_or_else(|| "unknown panic".into());
-        Err(SpoolError::Internal { during, msg })
-    })
+    crate::contain::contain(f).unwrap_or_else(|msg| Err(SpoolError::Internal { during, msg }))
 }
 
 /// Drops a redb handle (its `Drop` writes to the file, which can panic on a damaged one).

@@ -214,8 +214,9 @@ impl Cascade {
         matches!(self.need, ResponseNeed::Cascade { .. }) && self.every != GuardEvery::Every(1)
     }
 
-    /// The plan for the frame `seq` at `pts_ms`, before any pass; `watching`: an event is open
-    /// or the detector wants the response ([`crate::detector::state::CameraState::wants_response`]).
+    /// The plan for the frame `seq` at `pts_ms`, before any pass; `watching`: the detector wants
+    /// the response ([`crate::detector::state::CameraState::wants_response`]: an open event of
+    /// a detector that reads it, or a response signal over its threshold).
     pub fn plan(&mut self, seq: u64, pts_ms: u64, watching: bool) -> Plan {
         if let Some((s0, p0)) = self.last
             && seq > s0

@@ -756,9 +756,13 @@ impl super::state::CameraState for FusedDetector {
     }
 
     fn wants_response(&self) -> bool {
-        self.signals
-            .iter()
-            .any(|s| s.kind != SignalKind::Onset && s.wants)
+        // An open event follows its box and finds its end in the response; a response signal
+        // over its threshold counts consecutive frames.
+        self.open.is_some()
+            || self
+                .signals
+                .iter()
+                .any(|s| s.kind != SignalKind::Onset && s.wants)
     }
 
     fn response_need(&self) -> ResponseNeed {
@@ -829,6 +833,49 @@ mod tests {
         p[5 + i % 3] = 0.9;
         let s: f32 = p.iter().sum();
         p.iter().map(|v| v / s).collect()
+    }
+
+    /// The cascade's stale frames: a patch rule (3 of 5 over 0.6) counts only frames whose
+    /// response was seen, and asks for the response while it is over its threshold.
+    #[test]
+    fn stale_frames_neither_count_nor_fire_and_an_over_patch_wants_the_response() {
+        use crate::detector::state::CameraState;
+        let mut d = FusedDetector::new("cam", "m", FusedConfig::default());
+        let hot = stats(0.9);
+        let frame = |i: u64, fresh: bool| FrameInput {
+            pts_ms: i * 100,
+            probs: &[0.5, 0.3, 0.2],
+            stats: &hot,
+            fresh,
+            top1: guess(),
+            bbox: Some(hot.bbox),
+            pixel_change: Some(1.0),
+        };
+        assert!(!d.wants_response());
+        // One fresh frame over the threshold, then stale copies of it: no event however many.
+        assert!(
+            d.observe(&frame(0, true), &mut || (None, None))
+                .events
+                .is_empty()
+        );
+        assert!(
+            d.wants_response(),
+            "an over patch signal wants the next response"
+        );
+        for i in 1..20 {
+            let o = d.observe(&frame(i, false), &mut || (None, None));
+            assert!(o.events.is_empty() && !o.in_event, "stale frame {i} fired");
+        }
+        // Two more fresh frames make 3 of 5: the event opens, and wants the response.
+        let mut fired = false;
+        for i in 20..22 {
+            fired |= !d
+                .observe(&frame(i, true), &mut || (None, None))
+                .events
+                .is_empty();
+        }
+        assert!(fired, "3 fresh frames over the threshold open the event");
+        assert!(d.wants_response());
     }
 
     #[test]

@@ -23,8 +23,9 @@ pub trait CameraState: Send {
     fn response_need(&self) -> ResponseNeed {
         ResponseNeed::EveryFrame
     }
-    /// The next frame should get the guard pass whatever the cascade's schedule: a response
-    /// signal is over its threshold and its rule is counting frames.
+    /// The next frame should get the guard pass whatever the cascade's schedule: the detector
+    /// reads the response of an open event, or a response signal's rule is counting frames.
+    /// (An onset-only detector never does: its events need only the class distribution.)
     fn wants_response(&self) -> bool {
         false
     }

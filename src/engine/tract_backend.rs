@@ -69,25 +69,31 @@ impl TractEngine {
         if has_seed {
             in_names.push(SEED.into());
         }
-        let mut m = tract_onnx::onnx()
-            .model_for_proto_model(model)
-            .map_err(err)?;
-        m = m
-            .with_input_names(&in_names)
-            .map_err(err)?
-            .with_outputs_by_name(&out_names)
-            .map_err(err)?;
-        m = m.with_input_fact(0, f32::fact(shape).into()).map_err(err)?;
-        if has_seed {
-            // The seed has the logits' shape; let inference find it from the graph.
-            let fact = m.input_fact(1).map_err(err)?.clone();
-            m = m.with_input_fact(1, fact).map_err(err)?;
-        }
-        let plan = m
-            .into_optimized()
-            .map_err(err)?
-            .into_runnable()
-            .map_err(err)?;
+        // tract 0.23 panics on some malformed graphs instead of erring (found by fuzzing), so
+        // planning is contained: a bad model is an error, never a crash.
+        let plan = crate::contain::contain(|| -> Result<_, EngineError> {
+            let mut m = tract_onnx::onnx()
+                .model_for_proto_model(model)
+                .map_err(err)?;
+            m = m
+                .with_input_names(&in_names)
+                .map_err(err)?
+                .with_outputs_by_name(&out_names)
+                .map_err(err)?;
+            m = m.with_input_fact(0, f32::fact(shape).into()).map_err(err)?;
+            if has_seed {
+                // The seed has the logits' shape; let inference find it from the graph.
+                let fact = m.input_fact(1).map_err(err)?.clone();
+                m = m.with_input_fact(1, fact).map_err(err)?;
+            }
+            let plan = m
+                .into_optimized()
+                .map_err(err)?
+                .into_runnable()
+                .map_err(err)?;
+            Ok(plan)
+        })
+        .map_err(|panic| err(format!("tract failed planning the model: {panic}")))??;
         Ok(TractEngine {
             plan,
             shape,

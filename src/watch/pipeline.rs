@@ -33,8 +33,6 @@ pub(super) struct CameraPipeline {
     cascade: Cascade,
     /// The last guard frame's statistics and |response| map.
     last_response: Option<(FrameStats, ndarray::Array2<f32>)>,
-    /// An event was open after the previous frame.
-    in_event: bool,
     /// Each scored frame's age at its decision, s (the run's summary, the bench).
     decision_age_s: Vec<f32>,
     pub processed: u64,
@@ -62,7 +60,6 @@ impl CameraPipeline {
             outputs,
             prev_thumb: None,
             last_response: None,
-            in_event: false,
             decision_age_s: Vec::new(),
             processed: 0,
             done: false,
@@ -92,30 +89,30 @@ impl CameraPipeline {
             injected = true;
         }
         let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
-        let (out, guard_ms, forward_ms) = match self.cascade.plan(
-            f.seq,
-            f.pts_ms,
-            self.in_event || self.state.wants_response(),
-        ) {
-            Plan::Guard(_) => {
-                let t = Instant::now();
-                let out = guard.run_rgb8(&rgb, w, h)?;
-                (out, Some(ms(t)), None)
-            }
-            Plan::Forward => {
-                let t = Instant::now();
-                let fwd = guard.forward_rgb8(&rgb, w, h)?;
-                let fwd_ms = ms(t);
-                match self.cascade.escalate(&fwd.probs()) {
-                    Some(_) => {
-                        let t = Instant::now();
-                        let out = guard.run_rgb8(&rgb, w, h)?;
-                        (out, Some(ms(t)), Some(fwd_ms))
-                    }
-                    None => (fwd, None, Some(fwd_ms)),
+        let (out, guard_ms, forward_ms) =
+            match self
+                .cascade
+                .plan(f.seq, f.pts_ms, self.state.wants_response())
+            {
+                Plan::Guard(_) => {
+                    let t = Instant::now();
+                    let out = guard.run_rgb8(&rgb, w, h)?;
+                    (out, Some(ms(t)), None)
                 }
-            }
-        };
+                Plan::Forward => {
+                    let t = Instant::now();
+                    let fwd = guard.forward_rgb8(&rgb, w, h)?;
+                    let fwd_ms = ms(t);
+                    match self.cascade.escalate(&fwd.probs()) {
+                        Some(_) => {
+                            let t = Instant::now();
+                            let out = guard.run_rgb8(&rgb, w, h)?;
+                            (out, Some(ms(t)), Some(fwd_ms))
+                        }
+                        None => (fwd, None, Some(fwd_ms)),
+                    }
+                }
+            };
         let probs = out.probs();
         self.cascade.record(&probs, guard_ms, forward_ms);
         // A detector's objects come with every pass (the forward pass too).
@@ -192,7 +189,6 @@ impl CameraPipeline {
             )
         };
         let obs = self.state.observe(&input, &mut media);
-        self.in_event = obs.in_event;
         // Bounded: an hour at 30 fps is 432 kB.
         if self.decision_age_s.len() < 1 << 20 {
             self.decision_age_s.push(f.captured.elapsed().as_secs_f32());

@@ -223,11 +223,23 @@ fn rename(g: &mut pb::GraphProto, from: &str, to: &str) {
 pub(super) fn infer_shapes(m: &ModelProto) -> (HashMap<String, Vec<usize>>, Option<String>) {
     use tract_onnx::prelude::*;
     let mut out = HashMap::new();
-    let mut pr = match tract_onnx::onnx().parse(m, None) {
-        Ok(pr) => pr,
-        Err(e) => return (out, Some(format!("tract could not load the model: {e:#}"))),
+    // tract-hir 0.23 panics on some malformed graphs instead of erring (found by fuzzing: a
+    // Flatten axis past its input's rank indexes out of range), so its analysis is contained.
+    let parsed = crate::contain::contain(|| {
+        let mut pr = tract_onnx::onnx().parse(m, None)?;
+        let note = pr.model.analyse(false).err().map(|e| format!("{e:#}"));
+        Ok::<_, tract_onnx::prelude::TractError>((pr, note))
+    });
+    let (pr, note) = match parsed {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return (out, Some(format!("tract could not load the model: {e:#}"))),
+        Err(panic) => {
+            return (
+                out,
+                Some(format!("tract failed analysing the model: {panic}")),
+            );
+        }
     };
-    let note = pr.model.analyse(false).err().map(|e| format!("{e:#}"));
     for (name, outlet) in &pr.outlets_by_name {
         if let Ok(f) = pr.model.outlet_fact(*outlet)
             && let Ok(Some(s)) = f.shape.as_concrete_finite()

@@ -60,9 +60,8 @@ pub fn replay_cascade(
     let mut events = Vec::new();
     let mut trace = Vec::new();
     let mut last: Option<(f64, f64, [u32; 4])> = None;
-    let mut in_event = false;
     for (i, (f, p)) in s.frames.iter().zip(&s.probs).enumerate() {
-        let watching = in_event || d.wants_response();
+        let watching = d.wants_response();
         let (guarded, forwarded) = match cascade.plan(i as u64, f.pts_ms, watching) {
             Plan::Guard(_) => (true, false),
             Plan::Forward => (cascade.escalate(p).is_some(), true),
@@ -86,7 +85,6 @@ pub fn replay_cascade(
         input.bbox = Some(bbox);
         input.fresh = guarded;
         let o = d.observe(&input, &mut || (None, None));
-        in_event = o.in_event;
         let ratios = cfg
             .signals
             .iter()
