@@ -19,6 +19,22 @@ fn inputs(target: &str) -> Vec<PathBuf> {
     v
 }
 
+/// The compiler's error on the `onnx_compile` regression input `name` (which decodes).
+fn compile_error(name: &str, mode: Mode, seed: Seed, target: Target) -> String {
+    let p = inputs("onnx_compile")
+        .into_iter()
+        .find(|p| p.ends_with(name))
+        .unwrap_or_else(|| panic!("no regression input {name}"));
+    let model = advguard::onnx::decode(&std::fs::read(p).unwrap()).unwrap();
+    let opts = CompileOptions {
+        mode,
+        seed,
+        input_shape: Some([1, 3, 8, 8]),
+        target,
+    };
+    compile::compile(&model, &opts).unwrap_err().to_string()
+}
+
 /// `onnx_compile`: tract-onnx 0.23 panicked on a graph output that no node produces (`no
 /// entry found for key`), on a Conv with a zero stride (`attempt to divide by zero`, also
 /// in release builds) and on an AveragePool with fewer strides than kernel axes (`index out
@@ -72,18 +88,12 @@ fn onnx_compile_regressions_end_in_errors() {
         "{e}"
     );
     // The compiler indexed the input of a Softmax that had none (CI's 30-s smoke run).
-    let p = inputs("onnx_compile")
-        .into_iter()
-        .find(|p| p.ends_with("softmax_without_inputs.onnx"))
-        .expect("softmax_without_inputs.onnx");
-    let model = advguard::onnx::decode(&std::fs::read(p).unwrap()).unwrap();
-    let opts = CompileOptions {
-        mode: Mode::Plain,
-        seed: Seed::Top1,
-        input_shape: Some([1, 3, 8, 8]),
-        target: Target::OnnxRuntime,
-    };
-    let e = compile::compile(&model, &opts).unwrap_err().to_string();
+    let e = compile_error(
+        "softmax_without_inputs.onnx",
+        Mode::Plain,
+        Seed::Top1,
+        Target::OnnxRuntime,
+    );
     assert!(e.contains("(Softmax) has 0 input(s)"), "{e}");
     // tract-hir's Flatten indexed past its input's rank (axis 91 of a rank-4 tensor) inside
     // its shape analysis (the 300-s run after fix 7): contained, the model is refused.
@@ -91,18 +101,7 @@ fn onnx_compile_regressions_end_in_errors() {
         (Mode::Guided, Seed::LastConv, Target::Tract),
         (Mode::Plain, Seed::Top1, Target::OnnxRuntime),
     ] {
-        let p = inputs("onnx_compile")
-            .into_iter()
-            .find(|p| p.ends_with("flatten_axis_past_rank.onnx"))
-            .expect("flatten_axis_past_rank.onnx");
-        let model = advguard::onnx::decode(&std::fs::read(p).unwrap()).unwrap();
-        let opts = CompileOptions {
-            mode,
-            seed,
-            input_shape: Some([1, 3, 8, 8]),
-            target,
-        };
-        let e = compile::compile(&model, &opts).unwrap_err().to_string();
+        let e = compile_error("flatten_axis_past_rank.onnx", mode, seed, target);
         eprintln!("flatten_axis_past_rank: {e}");
         assert!(!e.contains('\n'), "{e}");
     }

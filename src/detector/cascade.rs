@@ -279,7 +279,15 @@ impl Cascade {
                 self.since_guard += 1;
             }
         }
-        self.prev = Some((probs.to_vec(), top3(probs)));
+        // The reference buffer is reused: this runs on every frame.
+        match &mut self.prev {
+            Some((q, t)) => {
+                q.clear();
+                q.extend_from_slice(probs);
+                *t = top3(probs);
+            }
+            None => self.prev = Some((probs.to_vec(), top3(probs))),
+        }
         if self.every == GuardEvery::Auto && self.enabled() {
             self.k = self.auto_k();
         }

@@ -229,10 +229,13 @@ fn plan(o: &BenchOptions, streams: usize, every: GuardEvery, speed: f64) -> Watc
     }
 }
 
-/// One end-to-end run of `streams` live streams for `o.seconds`.
-fn streams_run(o: &BenchOptions, streams: usize, every: GuardEvery) -> anyhow::Result<StreamRow> {
-    let clip_fps = crate::source::file_framerate(&o.video)?;
-    let speed = o.fps / clip_fps;
+/// One end-to-end run of `streams` live streams for `o.seconds`, the clip played `speed`×.
+fn streams_run(
+    o: &BenchOptions,
+    streams: usize,
+    every: GuardEvery,
+    speed: f64,
+) -> anyhow::Result<StreamRow> {
     let p = plan(o, streams, every, speed);
     let workers = p.workers;
     let stop = Arc::new(AtomicBool::new(false));
@@ -283,12 +286,13 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<BenchReport> {
     if !(o.fps >= 1.0 && o.fps <= 1000.0 && o.seconds > 0.0) {
         anyhow::bail!("--fps must be 1–1000 and --seconds positive");
     }
+    let speed = o.fps / crate::source::file_framerate(&o.video)?;
     let passes = passes(o)?;
     let mut rows = Vec::new();
     for &n in &o.streams {
         for every in [o.guard_every, GuardEvery::Every(1)] {
             tracing::info!(streams = n, guard_every = %every, "end-to-end run");
-            rows.push(streams_run(o, n.max(1), every)?);
+            rows.push(streams_run(o, n.max(1), every, speed)?);
             if o.guard_every == GuardEvery::Every(1) {
                 break;
             }

@@ -145,7 +145,7 @@ impl Worker {
         loop {
             if pending.is_empty() {
                 match self.ctx.rx.recv() {
-                    Ok(m) => pending.push_back(m),
+                    Ok(m) => self.enqueue(&mut pending, m),
                     Err(_) => break,
                 }
             }
@@ -156,8 +156,7 @@ impl Worker {
             while pending.len() < cap
                 && let Ok(m) = self.ctx.rx.try_recv()
             {
-                pending.push_back(m);
-                self.supersede(&mut pending);
+                self.enqueue(&mut pending, m);
             }
             let Some(msg) = pending.pop_front() else {
                 continue;
@@ -207,33 +206,22 @@ impl Worker {
         }
     }
 
-    /// Drops every frame of a live camera (or realtime file) that a newer frame of the same
-    /// camera follows in `pending`, counting each as dropped. Files with back-pressure keep
-    /// every frame.
-    fn supersede(&mut self, pending: &mut VecDeque<SourceMsg>) {
-        let mut newest: HashMap<Arc<str>, usize> = HashMap::new();
-        for (i, m) in pending.iter().enumerate() {
-            if let SourceMsg::Frame(f) = m
-                && self.cams.get(&f.camera).is_some_and(|c| c.live)
-            {
-                newest.insert(f.camera.clone(), i);
-            }
+    /// Queues `m`. A live camera's (or realtime file's) frame replaces that camera's frame
+    /// already waiting, which is counted as dropped, so at most one waits per live camera;
+    /// files with back-pressure keep every frame.
+    fn enqueue(&mut self, pending: &mut VecDeque<SourceMsg>, m: SourceMsg) {
+        if let SourceMsg::Frame(f) = &m
+            && let Some(c) = self.cams.get_mut(&f.camera)
+            && c.live
+            && let Some(i) = pending
+                .iter()
+                .position(|p| matches!(p, SourceMsg::Frame(g) if g.camera == f.camera))
+        {
+            pending.remove(i);
+            c.superseded += 1;
+            self.ctx.shared.metrics.superseded(&f.camera, 1);
         }
-        let mut i = 0;
-        pending.retain(|m| {
-            let keep = match m {
-                SourceMsg::Frame(f) => newest.get(&f.camera).is_none_or(|&n| n == i),
-                _ => true,
-            };
-            if !keep && let SourceMsg::Frame(f) = m {
-                if let Some(c) = self.cams.get_mut(&f.camera) {
-                    c.superseded += 1;
-                }
-                self.ctx.shared.metrics.superseded(&f.camera, 1);
-            }
-            i += 1;
-            keep
-        });
+        pending.push_back(m);
     }
 
     fn end(&mut self, camera: &str, error: Option<String>) {
