@@ -2563,7 +2563,7 @@ fn target_and_channel_seed_parse() {
             .contains("tract or ort")
     );
     let s: Seed = "tensor:tower_0/keypoints[0]".parse().unwrap();
-    assert_eq!(s, Seed::Channel("tower_0/keypoints".into(), 0));
+    assert_eq!(s, Seed::Channel("tower_0/keypoints".into(), vec![0]));
     assert_eq!(s.to_string(), "tensor:tower_0/keypoints[0]");
     // A ':' inside a tensor name stays part of the name.
     assert_eq!(
@@ -2576,6 +2576,85 @@ fn target_and_channel_seed_parse() {
             .unwrap_err()
             .contains("bad channel")
     );
+    let s: Seed = "tensor:k[0, 2]".parse().unwrap();
+    assert_eq!(s, Seed::Channel("k".into(), vec![0, 2]));
+    assert_eq!(s.to_string(), "tensor:k[0,2]");
+    // Peaks: channels, then an optional threshold and window; '/' and '@' in names stay names.
+    let p: Seed = "peaks:tower_0/keypoints[0,2]@0.25/5".parse().unwrap();
+    assert_eq!(
+        p,
+        Seed::Peaks {
+            tensor: "tower_0/keypoints".into(),
+            channels: vec![0, 2],
+            window: 5,
+            threshold: 0.25,
+        }
+    );
+    assert_eq!(p.to_string(), "peaks:tower_0/keypoints[0,2]@0.25/5");
+    assert_eq!(p.to_string().parse::<Seed>().unwrap(), p);
+    let all: Seed = "peaks:a@b[]".parse().unwrap();
+    assert_eq!(
+        all,
+        Seed::Peaks {
+            tensor: "a@b".into(),
+            channels: vec![],
+            window: 3,
+            threshold: 0.3,
+        }
+    );
+    for (bad, want) in [
+        ("peaks:heat", "no [channels]"),
+        ("peaks:[0]", "empty tensor name"),
+        ("peaks:h[x]", "bad channel"),
+        ("peaks:h[0]@high", "threshold \"high\""),
+        ("peaks:h[0]@0.3/4", "window \"4\""),
+        ("peaks:h[0]x", "unexpected \"x\""),
+    ] {
+        let e = bad.parse::<Seed>().unwrap_err();
+        assert!(
+            e.contains(want) && e.contains("expected peaks:NAME"),
+            "{bad}: {e}"
+        );
+    }
+}
+
+/// A peaks seed on a tensor that is no heat map, or on channels it lacks, is one error.
+#[test]
+fn a_peaks_seed_off_its_tensor_is_refused() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let (net, _) = net_detector(&mut rng);
+    let model = net.model.clone();
+    for (seed, want) in [
+        (
+            Seed::Peaks {
+                tensor: "nowhere".into(),
+                channels: vec![0],
+                window: 3,
+                threshold: 0.3,
+            },
+            "no tensor named",
+        ),
+        (
+            Seed::Peaks {
+                tensor: net.last_conv.clone(),
+                channels: vec![100_000],
+                window: 3,
+                threshold: 0.3,
+            },
+            "out of range",
+        ),
+    ] {
+        let e = compile(
+            &model,
+            &CompileOptions {
+                seed,
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(want), "{e}");
+    }
 }
 
 #[test]
@@ -2585,7 +2664,7 @@ fn channel_seed_out_of_range_is_one_clear_error() {
     let e = compile(
         &net.model,
         &CompileOptions {
-            seed: Seed::Channel(net.last_conv.clone(), 100_000),
+            seed: Seed::Channel(net.last_conv.clone(), vec![100_000]),
             ..Default::default()
         },
     )

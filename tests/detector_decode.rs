@@ -276,7 +276,12 @@ fn the_detector_manifest_is_built_in_and_classifiers_stay_classifiers() {
     assert_eq!((d.nms, d.top_k, d.threshold), (3, 100, 0.3));
     assert_eq!(
         m.default_seed(),
-        Some(Seed::Channel("tower_0/keypoints".into(), PERSON))
+        Some(Seed::Peaks {
+            tensor: "tower_0/keypoints".into(),
+            channels: vec![PERSON],
+            window: 3,
+            threshold: 0.3,
+        })
     );
     assert_eq!(
         m.model.sha256.as_deref(),
@@ -285,6 +290,19 @@ fn the_detector_manifest_is_built_in_and_classifiers_stay_classifiers() {
     assert_eq!(
         advguard::engine::manifest::sha256_file(&model_path()).unwrap(),
         m.model.sha256.unwrap()
+    );
+    // The whole heat map of chosen classes, as the other seed a detector offers.
+    let heat = Manifest::parse(
+        &detector_toml(|t| {
+            t.replace("seed = \"peaks\"", "seed = \"heatmap\"")
+                .replace("seed_class = 0", "seed_class = [0, 2]")
+        }),
+        "heat.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        heat.default_seed(),
+        Some(Seed::Channel("tower_0/keypoints".into(), vec![PERSON, 2]))
     );
     for name in ["squeezenet1.1", "efficientnet_lite0", "mobilenet_v2"] {
         let c = Manifest::load(name).unwrap();
@@ -315,6 +333,10 @@ fn a_bad_detector_manifest_is_one_error_naming_the_key() {
         (
             detector_toml(|t| t.replace("kind = \"detector\"", "kind = \"segmenter\"")),
             "segmenter",
+        ),
+        (
+            detector_toml(|t| t.replace("seed = \"peaks\"", "seed = \"hotspots\"")),
+            "hotspots",
         ),
         (
             detector_toml(|t| t.replace("nms = 3", "nms = 4")),
@@ -387,6 +409,10 @@ fn a_detector_manifest_that_does_not_fit_its_model_fails_at_open_naming_the_key(
         (
             detector_toml(|t| t.replace("seed_class = 0", "seed_class = 80")),
             "detector.seed_class = 80, but the heat map has 80 channels",
+        ),
+        (
+            detector_toml(|t| t.replace("seed_class = 0", "seed_class = [0, 81]")),
+            "detector.seed_class = 81, but the heat map has 80 channels",
         ),
     ];
     for (i, (text, want)) in cases.iter().enumerate() {

@@ -53,7 +53,7 @@ pub struct ModelArgs {
     /// Backward mode: guided (the paper) or plain (the true gradient).
     #[arg(long, default_value = "guided", value_parser = parse_mode)]
     pub mode: Mode,
-    /// Response seed: last-conv (the paper; the manifest's trace layer), top1, class:N, tensor:NAME.
+    /// Response seed: last-conv (the paper; the manifest's trace layer, a detector's `[detector] seed`), top1, class:N, tensor:NAME[C,...], peaks:NAME[C,...]@THRESHOLD/WINDOW.
     #[arg(long, default_value = "last-conv", value_parser = parse_seed)]
     pub seed: Seed,
     /// Gray-map conversion of the response: signed, signed-p99, abs, abs-p99.

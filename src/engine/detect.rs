@@ -358,13 +358,15 @@ pub fn check_model(
         )));
     }
     let classes = channels.unwrap_or(labelled);
-    if let Some(s) = spec.seed_class
-        && classes > 0
-        && s >= classes
-    {
-        return Err(bad(format!(
-            "detector.seed_class = {s}, but the heat map has {classes} channels"
-        )));
+    if let Some(seeds) = &spec.seed_class {
+        if seeds.is_empty() {
+            return Err(bad("detector.seed_class = [] names no class".into()));
+        }
+        if let Some(s) = seeds.iter().find(|&&s| classes > 0 && s >= classes) {
+            return Err(bad(format!(
+                "detector.seed_class = {s}, but the heat map has {classes} channels"
+            )));
+        }
     }
     Ok(classes)
 }

@@ -98,8 +98,38 @@ pub struct DetectorSpec {
     /// Peaks scoring below this are not detections.
     #[serde(default = "default_threshold")]
     pub threshold: f32,
-    /// Heat-map channel whose ½‖·‖² seeds the backward pass by default; absent: the whole map.
-    pub seed_class: Option<usize>,
+    /// Heat-map channels that seed the backward pass by default (`seed_class = 0` or
+    /// `[0, 2]`); absent: every channel.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub seed_class: Option<Vec<usize>>,
+    /// What of those channels seeds it: their detected peaks (the default) or the whole map.
+    #[serde(default)]
+    pub seed: DetectorSeed,
+}
+
+/// What of a detector's heat map seeds the backward pass (`detector.seed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DetectorSeed {
+    /// The sum of the detected peaks: the response explains the objects the detector reports.
+    #[default]
+    Peaks,
+    /// ½‖heat map‖² of the channels: every cell, detected or not.
+    Heatmap,
+}
+
+/// `0` or `[0, 2]`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<usize>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(usize),
+        Many(Vec<usize>),
+    }
+    Ok(Some(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(c) => vec![c],
+        OneOrMany::Many(v) => v,
+    }))
 }
 
 fn default_nms() -> usize {
@@ -199,7 +229,7 @@ impl RawManifest {
                 }
                 if self.trace.is_some() {
                     return Err(
-                        "key `trace` is for classifiers; a detector seeds at detector.seed_class"
+                        "key `trace` is for classifiers; a detector seeds at detector.seed and detector.seed_class"
                             .into(),
                     );
                 }
@@ -297,9 +327,16 @@ impl Manifest {
     pub fn default_seed(&self) -> Option<crate::engine::compile::Seed> {
         use crate::engine::compile::Seed;
         match &self.detector {
-            Some(d) => Some(match d.seed_class {
-                Some(c) => Seed::Channel(d.heatmap.clone(), c),
-                None => Seed::Tensor(d.heatmap.clone()),
+            Some(d) => Some(match (d.seed, &d.seed_class) {
+                (DetectorSeed::Peaks, c) => Seed::Peaks {
+                    tensor: d.heatmap.clone(),
+                    // Every channel when none is named (the classes come from the model).
+                    channels: c.clone().unwrap_or_default(),
+                    window: d.nms,
+                    threshold: d.threshold,
+                },
+                (DetectorSeed::Heatmap, Some(c)) => Seed::Channel(d.heatmap.clone(), c.clone()),
+                (DetectorSeed::Heatmap, None) => Seed::Tensor(d.heatmap.clone()),
             }),
             None => self.trace.clone().map(Seed::Tensor),
         }

@@ -20,6 +20,9 @@ pub const LOGITS: &str = "logits";
 pub const RESPONSE: &str = "response";
 /// Name of the optional seed input (same shape as `logits`) of a graph compiled with `Seed::Input`.
 pub const SEED: &str = "seed";
+/// Name of the extra output of a graph seeded at heat-map peaks (`Seed::Peaks`): 1 at the cells
+/// the backward pass starts from, N×(seeded channels)×H×W.
+pub const SEED_CELLS: &str = "seed_cells";
 
 /// What one guard frame returns.
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@ use super::ctx::{Ctx, R};
 use super::ops::{self, Grads};
 use super::prepare::Prepared;
 use super::{CompileError, CompileOptions, Seed};
-use crate::engine::{LOGITS, RESPONSE, SEED};
+use crate::engine::{LOGITS, RESPONSE, SEED, SEED_CELLS};
 use crate::onnx::{
     self, GraphBuilder, attr_int, attr_ints, pb::ModelProto, pb::NodeProto, pb::TensorProto,
 };
@@ -85,6 +85,7 @@ pub(super) fn build(p: Prepared, opts: &CompileOptions) -> R<ModelProto> {
     }
 
     // Seed tensor and its gradient.
+    let mut seed_cells: Option<(String, Vec<usize>)> = None;
     let (seed_t, seed_g) = match &opts.seed {
         Seed::LastConv => {
             let conv_out = |n: &NodeProto| -> bool {
@@ -117,7 +118,7 @@ pub(super) fn build(p: Prepared, opts: &CompileOptions) -> R<ModelProto> {
             };
             (t.clone(), t)
         }
-        Seed::Tensor(name) | Seed::Channel(name, _) => {
+        Seed::Tensor(name) | Seed::Channel(name, _) | Seed::Peaks { tensor: name, .. } => {
             if !fwd.contains(name) {
                 let known = cx.shapes.contains_key(name)
                     || fwd_nodes.iter().any(|n| n.output.contains(name));
@@ -129,19 +130,19 @@ pub(super) fn build(p: Prepared, opts: &CompileOptions) -> R<ModelProto> {
             }
             match &opts.seed {
                 Seed::Channel(_, c) => {
-                    // ½‖t[:, c]‖²: the tensor's own values, masked to channel c.
-                    let s = cx.shape(name)?;
-                    if s.len() < 2 || *c >= s[1] {
-                        return Err(CompileError::Seed(format!(
-                            "channel {c} is out of range for {name:?} of shape {s:?}"
-                        )));
-                    }
-                    let mut dims = vec![1usize; s.len()];
-                    dims[1] = s[1];
-                    let mut m = vec![0f32; s[1]];
-                    m[*c] = 1.0;
-                    let mask = cx.cf32("seed_channel", &dims, m);
+                    // ½‖t[:, c]‖²: the tensor's own values, masked to the channels.
+                    let mask = channel_mask(&mut cx, name, c)?;
                     let g = cx.op("Mul", &[name, &mask], vec![]);
+                    (name.clone(), g)
+                }
+                Seed::Peaks {
+                    channels,
+                    window,
+                    threshold,
+                    ..
+                } => {
+                    let (g, cells) = peak_seed(&mut cx, name, channels, *window, *threshold)?;
+                    seed_cells = Some(cells);
                     (name.clone(), g)
                 }
                 _ => (name.clone(), name.clone()),
@@ -246,6 +247,10 @@ pub(super) fn build(p: Prepared, opts: &CompileOptions) -> R<ModelProto> {
         outs.push(onnx::value_info(LOGITS, onnx::FLOAT, Some(&[1, classes])));
     }
     outs.push(onnx::value_info(RESPONSE, onnx::FLOAT, Some(&input_shape)));
+    if let Some((cells, dims)) = &seed_cells {
+        cx.b.node_named("Identity", &[cells], &[SEED_CELLS], vec![]);
+        outs.push(onnx::value_info(SEED_CELLS, onnx::FLOAT, Some(dims)));
+    }
     cx.b.outputs = outs;
     let added = cx.b.nodes.len() - n_ops_in;
     tracing::debug!("guard graph: {n_ops_in} nodes in, {added} added");
@@ -259,4 +264,116 @@ pub(super) fn build(p: Prepared, opts: &CompileOptions) -> R<ModelProto> {
         opts.mode, opts.seed
     );
     Ok(m)
+}
+
+/// The channels a seed names (empty: all of `name`'s), checked against its shape, in order.
+fn seed_channels(cx: &Ctx, name: &str, channels: &[usize]) -> R<Vec<usize>> {
+    let s = cx.shape(name)?;
+    let c_max = s.get(1).copied().unwrap_or(0);
+    if s.len() < 2 || channels.iter().any(|&c| c >= c_max) {
+        return Err(CompileError::Seed(format!(
+            "channels {channels:?} are out of range for {name:?} of shape {s:?}"
+        )));
+    }
+    let mut v = if channels.is_empty() {
+        (0..c_max).collect()
+    } else {
+        channels.to_vec()
+    };
+    v.sort_unstable();
+    v.dedup();
+    Ok(v)
+}
+
+/// A 1×C×1×… constant that is 1 on `channels` of `name` (axis 1), 0 elsewhere.
+fn channel_mask(cx: &mut Ctx, name: &str, channels: &[usize]) -> R<String> {
+    let channels = seed_channels(cx, name, channels)?;
+    let s = cx.shape(name)?;
+    let c_max = s[1];
+    if channels.iter().any(|&c| c >= c_max) {
+        return Err(CompileError::Seed(format!(
+            "channels {channels:?} are out of range for {name:?} of shape {s:?}"
+        )));
+    }
+    let mut dims = vec![1usize; s.len()];
+    dims[1] = c_max;
+    let mut m = vec![0f32; c_max];
+    for &c in &channels {
+        m[c] = 1.0;
+    }
+    Ok(cx.cf32("seed_channel", &dims, m))
+}
+
+/// The gradient of the sum of the detected peaks of `channels` of the heat map `name`, built
+/// in the graph (so it follows each frame), and those channels' seeded cells.
+///
+/// peak = (h == MaxPool_w(h)) ∧ (h ≥ min(threshold, max over the channels)): the same cells as
+/// the decode's peaks (`engine::detect::peaks`), with the strongest cell standing in when
+/// nothing is detected. Equal neighbours are all peaks, as in the decode. Only the chosen
+/// channels are pooled (the person channel is 1/80 of CenterNet's heat map); their cells are
+/// zero-padded back into place along the channel axis.
+fn peak_seed(
+    cx: &mut Ctx,
+    name: &str,
+    channels: &[usize],
+    window: usize,
+    threshold: f32,
+) -> R<(String, (String, Vec<usize>))> {
+    let s = cx.shape(name)?;
+    if s.len() != 4 {
+        return Err(CompileError::Seed(format!(
+            "a peaks seed needs an N×C×H×W heat map; {name:?} has shape {s:?}"
+        )));
+    }
+    if window == 0 || window.is_multiple_of(2) {
+        return Err(CompileError::Seed(format!(
+            "the peak window must be odd, not {window}"
+        )));
+    }
+    let channels = seed_channels(cx, name, channels)?;
+    let all = channels.len() == s[1] && channels.iter().enumerate().all(|(i, &c)| i == c);
+    let chosen = if all {
+        name.to_string()
+    } else {
+        let idx: Vec<i64> = channels.iter().map(|&c| c as i64).collect();
+        let idx = cx.ci64("seed_channels", &idx);
+        cx.op("Gather", &[name, &idx], vec![attr_int("axis", 1)])
+    };
+    let p = (window / 2) as i64;
+    let w = window as i64;
+    let pool = cx.op(
+        "MaxPool",
+        &[&chosen],
+        vec![
+            attr_ints("kernel_shape", &[w, w]),
+            attr_ints("pads", &[p, p, p, p]),
+            attr_ints("strides", &[1, 1]),
+        ],
+    );
+    let is_max = cx.op("Equal", &[&chosen, &pool], vec![]);
+    // No axes: the maximum over every cell of the chosen channels (1×1×1×1).
+    let top = cx.op("ReduceMax", &[&chosen], vec![attr_int("keepdims", 1)]);
+    let thr = cx.scalar(threshold);
+    let floor = cx.op("Min", &[&top, &thr], vec![]);
+    let below = cx.op("Less", &[&chosen, &floor], vec![]);
+    let high = cx.op("Not", &[&below], vec![]);
+    let peak = cx.op("And", &[&is_max, &high], vec![]);
+    let cells = cx.cast_float(&peak);
+    let dims = vec![s[0], channels.len(), s[2], s[3]];
+    if all {
+        return Ok((cells.clone(), (cells, dims)));
+    }
+    let mut parts = Vec::with_capacity(channels.len());
+    for (j, &c) in channels.iter().enumerate() {
+        let one = if channels.len() == 1 {
+            cells.clone()
+        } else {
+            cx.slice(&cells, &[j as i64], &[j as i64 + 1], &[1], None)
+        };
+        let after = (s[1] - 1 - c) as i64;
+        let pads = cx.ci64("seed_pads", &[0, c as i64, 0, 0, 0, after, 0, 0]);
+        parts.push(cx.op("Pad", &[&one, &pads], vec![]));
+    }
+    let g = cx.accumulate(&parts).expect("at least one channel");
+    Ok((g, (cells, dims)))
 }

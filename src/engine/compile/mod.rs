@@ -25,7 +25,7 @@ pub enum Mode {
 }
 
 /// Where the backward pass starts, and with which gradient.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub enum Seed {
     /// The last spatial Conv's output (after its Relu/Clip, if that is its only
     /// consumer), seeded with its own values: the gradient of ½‖a‖². The paper's choice.
@@ -33,9 +33,26 @@ pub enum Seed {
     LastConv,
     /// A named tensor, seeded with its own values (gradient of ½‖t‖²).
     Tensor(String),
-    /// One channel (axis 1) of a named tensor, seeded with its own values
-    /// (gradient of ½‖t[:, c]‖²), e.g. the person channel of a detector's heat map.
-    Channel(String, usize),
+    /// Some channels (axis 1) of a named tensor, seeded with their own values
+    /// (gradient of ½‖t[:, c]‖² summed over them), e.g. the person channel of a heat map;
+    /// empty: every channel.
+    Channel(String, Vec<usize>),
+    /// The detected peaks of some channels of an N×C×H×W heat map: the gradient of their sum.
+    ///
+    /// A peak is a cell equal to the maximum of its `window`×`window` neighbourhood (max-pool
+    /// NMS, as a detector decodes) and at least `threshold`. Where no cell of the channels
+    /// reaches it, the strongest cell is the peak, so the response is never empty. The graph
+    /// also outputs [`crate::engine::SEED_CELLS`]: 1 at the seeded cells, N×(channels)×H×W.
+    Peaks {
+        /// The heat-map tensor.
+        tensor: String,
+        /// Channels whose peaks are summed; empty: every channel.
+        channels: Vec<usize>,
+        /// Side of the NMS window; odd.
+        window: usize,
+        /// Lowest score a peak keeps.
+        threshold: f32,
+    },
     /// One-hot at the arg-max of the logits, computed in the graph.
     Top1,
     /// Constant one-hot at this class.
@@ -93,6 +110,7 @@ pub const TENSORRT_SAFE_OPS: &[&str] = &[
     "Equal",
     "Expand",
     "Flatten",
+    "Gather",
     "Gemm",
     "GlobalAveragePool",
     "Greater",
@@ -103,8 +121,10 @@ pub const TENSORRT_SAFE_OPS: &[&str] = &[
     "Less",
     "MatMul",
     "MaxPool",
+    "Min",
     "Mul",
     "Neg",
+    "Not",
     "Pad",
     "ReduceMax",
     "ReduceSum",
@@ -209,6 +229,13 @@ impl FromStr for Seed {
                 .map(Seed::Class)
                 .map_err(|_| format!("bad class index in seed {t:?} (expected class:N)"));
         }
+        if let Some(n) = t.strip_prefix("peaks:") {
+            return parse_peaks(n).map_err(|m| {
+                format!(
+                    "{m} in seed {t:?} (expected peaks:NAME[C,...], then @THRESHOLD, then /WINDOW)"
+                )
+            });
+        }
         if let Some(n) = t.strip_prefix("tensor:") {
             if n.is_empty() {
                 return Err("empty tensor name in seed (expected tensor:NAME)".into());
@@ -216,10 +243,9 @@ impl FromStr for Seed {
             if let Some(body) = n.strip_suffix(']')
                 && let Some((name, c)) = body.rsplit_once('[')
             {
-                let c = c
-                    .trim()
-                    .parse::<usize>()
-                    .map_err(|_| format!("bad channel in seed {t:?} (expected tensor:NAME[C])"))?;
+                let c = channel_list(c).map_err(|_| {
+                    format!("bad channel in seed {t:?} (expected tensor:NAME[C,...])")
+                })?;
                 if name.is_empty() {
                     return Err("empty tensor name in seed (expected tensor:NAME[C])".into());
                 }
@@ -228,9 +254,73 @@ impl FromStr for Seed {
             return Ok(Seed::Tensor(n.to_string()));
         }
         Err(format!(
-            "unknown seed {t:?} (expected last-conv, top1, class:N, tensor:NAME, tensor:NAME[C] or input)"
+            "unknown seed {t:?} (expected last-conv, top1, class:N, tensor:NAME, tensor:NAME[C], peaks:NAME[C] or input)"
         ))
     }
+}
+
+/// `0` or `0, 2`: channel indices; empty: every channel.
+fn channel_list(s: &str) -> Result<Vec<usize>, String> {
+    if s.trim().is_empty() {
+        return Ok(vec![]);
+    }
+    let v = s
+        .split(',')
+        .map(|c| {
+            c.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("bad channel {c:?}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(v)
+}
+
+/// The part after `peaks:`: `NAME[C,...]`, then optionally `@THRESHOLD` and `/WINDOW`. The
+/// suffix is read after the last `]`, so tensor names may hold `/` and `@`.
+fn parse_peaks(s: &str) -> Result<Seed, String> {
+    let close = s.rfind(']').ok_or("no [channels]")?;
+    let open = s[..close].rfind('[').ok_or("no [channels]")?;
+    let name = &s[..open];
+    if name.is_empty() {
+        return Err("empty tensor name".into());
+    }
+    let channels = channel_list(&s[open + 1..close])?;
+    let mut rest = &s[close + 1..];
+    let mut window = 3;
+    if let Some((a, w)) = rest.rsplit_once('/') {
+        window = w
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|w| w % 2 == 1)
+            .ok_or_else(|| format!("window {w:?} is not an odd whole number"))?;
+        rest = a;
+    }
+    let mut threshold = 0.3;
+    if !rest.is_empty() {
+        let v = rest
+            .strip_prefix('@')
+            .ok_or_else(|| format!("unexpected {rest:?}"))?;
+        threshold = v
+            .trim()
+            .parse::<f32>()
+            .ok()
+            .filter(|t| t.is_finite())
+            .ok_or_else(|| format!("threshold {v:?} is not a number"))?;
+    }
+    Ok(Seed::Peaks {
+        tensor: name.to_string(),
+        channels,
+        window,
+        threshold,
+    })
+}
+
+fn join(c: &[usize]) -> String {
+    c.iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl fmt::Display for Seed {
@@ -238,7 +328,19 @@ impl fmt::Display for Seed {
         match self {
             Seed::LastConv => f.write_str("last-conv"),
             Seed::Tensor(n) => write!(f, "tensor:{n}"),
-            Seed::Channel(n, c) => write!(f, "tensor:{n}[{c}]"),
+            Seed::Channel(n, c) => write!(f, "tensor:{n}[{}]", join(c)),
+            Seed::Peaks {
+                tensor,
+                channels,
+                window,
+                threshold,
+            } => {
+                write!(f, "peaks:{tensor}[{}]@{threshold}", join(channels))?;
+                if *window != 3 {
+                    write!(f, "/{window}")?;
+                }
+                Ok(())
+            }
             Seed::Top1 => f.write_str("top1"),
             Seed::Class(c) => write!(f, "class:{c}"),
             Seed::Input => f.write_str("input"),
