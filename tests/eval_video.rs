@@ -241,3 +241,27 @@ fn calibrated_clean_footage_is_quiet_and_attacks_are_caught_by_the_onset_signal(
     assert!(!sessions.is_empty(), "plots written");
     let _ = judge::table(j);
 }
+
+/// `--cascade` takes k ≥ 1, comma-separated, and `""` for no cascade table: a bad value is one
+/// error naming it; an empty one gets past argument parsing (here to the missing clip).
+#[test]
+fn cascade_values_parse_and_empty_means_none() {
+    let run = |cascade: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_advguard"))
+            .args(["eval-video", "/nonexistent/clip.mp4", "--cascade", cascade])
+            .output()
+            .unwrap()
+    };
+    let bad = run("1,0");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(err.contains("\"0\" is not a whole number ≥ 1"), "{err}");
+    let none = run("");
+    let err = String::from_utf8_lossy(&none.stderr);
+    assert!(!none.status.success());
+    assert!(
+        !err.contains("--cascade"),
+        "an empty --cascade is accepted: {err}"
+    );
+    assert!(err.contains("clip.mp4"), "{err}");
+}

@@ -57,8 +57,8 @@ pub struct Args {
     pub workers: usize,
     /// Cascade k values: the test sessions are replayed as a camera guarding every k-th frame
     /// would see them (the detection cost table of the report; empty to skip).
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
-    pub cascade: Vec<u32>,
+    #[arg(long, default_value = "1,2,3", value_parser = parse_ks)]
+    pub cascade: Ks,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 1)]
     pub rng_seed: u64,
@@ -148,7 +148,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .or_else(|| Some(advguard::data_dir().join("images/dev"))),
         universal_steps: args.universal_steps,
         detector,
-        cascade: args.cascade.clone(),
+        cascade: args.cascade.0.clone(),
         progress: true,
     };
     let summary = run_eval(&cfg, &opts)?;
@@ -158,4 +158,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.output.join(&opts.manifest.name).display()
     );
     Ok(())
+}
+
+/// Cascade k values, parsed from one comma-separated argument so that `--cascade ""` can
+/// say "none".
+#[derive(Debug, Clone)]
+pub struct Ks(pub Vec<u32>);
+
+fn parse_ks(s: &str) -> Result<Ks, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(|k| match k.parse::<u32>() {
+            Ok(v) if v >= 1 => Ok(v),
+            _ => Err(format!(
+                "{k:?} is not a whole number ≥ 1 (guard every k-th frame)"
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Ks)
 }
