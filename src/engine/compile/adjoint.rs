@@ -270,9 +270,14 @@ pub(super) fn build(p: Prepared, opts: &CompileOptions) -> R<ModelProto> {
 fn seed_channels(cx: &Ctx, name: &str, channels: &[usize]) -> R<Vec<usize>> {
     let s = cx.shape(name)?;
     let c_max = s.get(1).copied().unwrap_or(0);
-    if s.len() < 2 || channels.iter().any(|&c| c >= c_max) {
+    if let Some(c) = channels.iter().find(|&&c| s.len() < 2 || c >= c_max) {
         return Err(CompileError::Seed(format!(
-            "channels {channels:?} are out of range for {name:?} of shape {s:?}"
+            "channel {c} is out of range for {name:?} of shape {s:?}"
+        )));
+    }
+    if s.len() < 2 {
+        return Err(CompileError::Seed(format!(
+            "{name:?} of shape {s:?} has no channel axis"
         )));
     }
     let mut v = if channels.is_empty() {
@@ -290,11 +295,6 @@ fn channel_mask(cx: &mut Ctx, name: &str, channels: &[usize]) -> R<String> {
     let channels = seed_channels(cx, name, channels)?;
     let s = cx.shape(name)?;
     let c_max = s[1];
-    if channels.iter().any(|&c| c >= c_max) {
-        return Err(CompileError::Seed(format!(
-            "channels {channels:?} are out of range for {name:?} of shape {s:?}"
-        )));
-    }
     let mut dims = vec![1usize; s.len()];
     dims[1] = c_max;
     let mut m = vec![0f32; c_max];
