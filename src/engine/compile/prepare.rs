@@ -135,6 +135,26 @@ pub(super) fn prepare(model: &ModelProto, opts: &CompileOptions) -> Result<Prepa
         )));
     }
 
+    // Inputs that do not broadcast make the model invalid (ONNX Runtime refuses it at load);
+    // left in, they made tract's planning of the guard graph spin for minutes (found by
+    // fuzzing: a Conv's asymmetric pads gave a 3×1 gate for an 8×8 map).
+    if let Some(g) = m.graph.as_ref() {
+        for n in &g.node {
+            if !BROADCASTING.contains(&n.op_type.as_str()) {
+                continue;
+            }
+            let known: Vec<&Vec<usize>> = n.input.iter().filter_map(|i| shapes.get(i)).collect();
+            if known.len() == n.input.len()
+                && let Some((a, b)) = first_mismatch(&known)
+            {
+                return Err(CompileError::Shape(format!(
+                    "node {:?} ({}): inputs of shapes {a:?} and {b:?} do not broadcast",
+                    n.name, n.op_type
+                )));
+            }
+        }
+    }
+
     // The logits: the input of a final Softmax, else the first output.
     let g = m.graph.as_mut().unwrap();
     let out0 = g.output[0].name.clone();
@@ -326,4 +346,27 @@ pub(super) fn topo_sort(g: &mut pb::GraphProto) -> Result<(), CompileError> {
     }
     g.node = out;
     Ok(())
+}
+
+/// Elementwise ops whose inputs broadcast (numpy rules).
+const BROADCASTING: &[&str] = &[
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Equal", "Greater", "Less",
+    "And", "Or", "Where",
+];
+
+/// The first pair of shapes that do not broadcast together (right-aligned, equal or 1).
+fn first_mismatch<'a>(shapes: &[&'a Vec<usize>]) -> Option<(&'a Vec<usize>, &'a Vec<usize>)> {
+    for (i, a) in shapes.iter().enumerate() {
+        for b in &shapes[i + 1..] {
+            let ok = a
+                .iter()
+                .rev()
+                .zip(b.iter().rev())
+                .all(|(&x, &y)| x == y || x == 1 || y == 1);
+            if !ok {
+                return Some((a, b));
+            }
+        }
+    }
+    None
 }
