@@ -56,8 +56,10 @@ extra_images=()
 if [ -n "${ADVGUARD_DATA:-}" ] && [ -d "$ADVGUARD_DATA/images" ]; then
   d=fuzz/target/data-seeds/image_decode
   mkdir -p "$d"
-  find "$ADVGUARD_DATA/images" -type f \( -iname '*.jpeg' -o -iname '*.jpg' -o -iname '*.png' \) -size -40k 2>/dev/null \
-    | sort | head -n 4 | while read -r f; do cp "$f" "$d/"; done
+  # The list is read whole before `head` (an early `head` exit gave `sort` SIGPIPE, and under
+  # pipefail that ended the script with status 141 before any target ran).
+  mapfile -t photos < <(find "$ADVGUARD_DATA/images" -type f \( -iname '*.jpeg' -o -iname '*.jpg' -o -iname '*.png' \) -size -40k 2>/dev/null | sort)
+  for f in "${photos[@]:0:4}"; do cp "$f" "$d/"; done
   [ -z "$(ls -A "$d")" ] || extra_images=("$d")
 fi
 
