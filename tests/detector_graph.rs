@@ -67,6 +67,16 @@ fn cos(a: &[f32], b: &[f32]) -> f64 {
     d / (na.sqrt() * nb.sqrt()).max(1e-300)
 }
 
+/// The response of one guard frame, flat.
+fn response_of(e: &mut dyn advguard::engine::Engine, x: &Array4<f32>) -> Vec<f32> {
+    e.run(x.view(), None)
+        .unwrap()
+        .response
+        .iter()
+        .copied()
+        .collect()
+}
+
 fn need_ort() {
     assert!(
         ort_backend::available(),
@@ -172,13 +182,7 @@ fn centernet_plain_response_equals_finite_differences_on_ort() {
     let mut fwd = open_engine(&original, INPUT, [1, 3, SIZE, SIZE], BackendKind::OrtCpu).unwrap();
     let g = guard(Mode::Plain, advguard::engine::compile::Target::OnnxRuntime);
     let mut e = open_engine(&g, INPUT, [1, 3, SIZE, SIZE], BackendKind::OrtCpu).unwrap();
-    let resp: Vec<f32> = e
-        .run(x.view(), None)
-        .unwrap()
-        .response
-        .iter()
-        .copied()
-        .collect();
+    let resp = response_of(e.as_mut(), &x);
     // f(x) = ½‖person heat map‖², in f64 from the f32 outputs.
     let mut f = |x: &Array4<f32>| -> f64 {
         let kp = fwd.run(x.view(), None).unwrap().logits;
@@ -333,13 +337,7 @@ fn peaks_seed_starts_at_the_decoded_peaks_and_its_response_is_their_gradient() {
     let x = photo("n02835271_bicycle-built-for-two.JPEG");
     let cells = decoded_person_cells(&fwd.run(x.view(), None).unwrap().logits, 0.3);
     assert!(cells.len() >= 2, "the photo has persons: {cells:?}");
-    let resp: Vec<f32> = engines[0]
-        .run(x.view(), None)
-        .unwrap()
-        .response
-        .iter()
-        .copied()
-        .collect();
+    let resp = response_of(engines[0].as_mut(), &x);
     let mut f = |x: &Array4<f32>| -> f64 {
         let kp = fwd.run(x.view(), None).unwrap().logits;
         cells.iter().map(|&(r, c)| kp[r * 128 + c] as f64).sum()
