@@ -36,6 +36,8 @@ enum Cmd {
     Eval(cli::eval::Args),
     /// Judge the video guard on clips: false alarms per camera-hour, detection of attacked stretches.
     EvalVideo(cli::eval_video::Args),
+    /// Train a person-hiding patch on a detector and judge it: persons hidden, and the guard's detection.
+    EvalHide(cli::eval_hide::Args),
     /// Fit the learned combiner on a dev evaluation report and store it in a profile.
     Fit(cli::fit::Args),
     /// Find or download a demo clip (URL + sha256, like the models); prints its path.
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
         Cmd::Attack(a) => cli::attack::run(a),
         Cmd::Eval(a) => cli::eval::run(a),
         Cmd::EvalVideo(a) => cli::eval_video::run(a),
+        Cmd::EvalHide(a) => cli::eval_hide::run(a),
         Cmd::Fit(a) => cli::fit::run(a),
         Cmd::Alert(a) => cli::alert::run(a),
         Cmd::FetchClip(a) => cli::fetch_clip::run(a),

@@ -925,3 +925,37 @@ fn a_detector_manifest_off_its_model_is_one_error_line_from_the_cli() {
         "{e}"
     );
 }
+
+#[test]
+fn a_detectors_class_scores_are_each_classs_strongest_cell() {
+    need_ort();
+    let mut g = guard(BackendKind::OrtCpu);
+    let p = photo("n02823428_beer_bottle.JPEG");
+    let px = Preprocess::pixels(&g.preprocess().load_image(&p).unwrap());
+    for out in [
+        g.run_pixels(px.view()).unwrap(),
+        g.forward_rgb8(&px.iter().map(|v| *v as u8).collect::<Vec<u8>>(), 512, 512)
+            .unwrap(),
+    ] {
+        // One score per class (80), not the 80×128×128 heat map.
+        assert_eq!(out.logits.len(), 80);
+        let heat = out
+            .output("tower_0/keypoints")
+            .expect("the heat map comes back");
+        for (c, &l) in out.logits.iter().enumerate() {
+            let best = heat
+                .index_axis(ndarray::Axis(1), c)
+                .iter()
+                .copied()
+                .fold(f32::MIN, f32::max)
+                .clamp(1e-6, 1.0 - 1e-6);
+            let p = 1.0 / (1.0 + (-l).exp());
+            assert!(
+                (p - best).abs() < 1e-4,
+                "class {c}: sigmoid(logit) {p}, best cell {best}"
+            );
+        }
+        // The five bottles make bottle (COCO 39) the top class.
+        assert_eq!(advguard::engine::top_k(&out.logits, 1), vec![39]);
+    }
+}

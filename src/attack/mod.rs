@@ -12,6 +12,7 @@ pub mod deepfool;
 pub mod eot;
 pub mod fgsm;
 pub mod gradient;
+pub mod hide;
 pub mod onepixel;
 pub mod patch;
 pub mod pgd;

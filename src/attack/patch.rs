@@ -328,7 +328,7 @@ impl Patch {
 
     /// Adds the image gradient `g` (H×W×3) to the patch gradient through the paste and the colour
     /// change.
-    fn scatter_grad(&self, g: &Array3<f32>, t: &Transform, grad: &mut [f32]) {
+    pub fn scatter_grad(&self, g: &Array3<f32>, t: &Transform, grad: &mut [f32]) {
         let (fp, _) = self.footprint_of(g.view(), t);
         let gs = g.as_slice().expect("standard layout");
         let ps = self.pixels.as_slice().expect("standard layout");

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod calibrate;
 pub mod compile;
 pub mod eval;
+pub mod eval_hide;
 pub mod eval_patch;
 pub mod eval_video;
 pub mod explain;

@@ -23,6 +23,7 @@ pub mod rule;
 pub mod score;
 pub mod state;
 pub mod tracker;
+pub mod vanish;
 
 pub use camera::{CameraDetector, DetectorConfig, FrameInput, Observation};
 pub use fused::{FusedConfig, FusedDetector, SignalKind};

@@ -253,6 +253,16 @@ pub fn detections(
     )
 }
 
+/// IoU of two x0, y0, x1, y1 boxes (detections, tracks).
+pub fn box_iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    let area = |r: [f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
+    let union = area(a) + area(b) - inter;
+    if union > 0.0 { inter / union } else { 0.0 }
+}
+
 /// Whether the guard's model is a detector.
 pub fn is_detector(guard: &Guard) -> bool {
     guard.manifest().kind == ModelKind::Detector

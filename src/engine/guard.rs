@@ -257,7 +257,21 @@ impl Guard {
 
     /// A plain classifier graph returns probabilities when the model ends in Softmax;
     /// turn them back into log-probabilities so `logits` always means pre-Softmax scores.
+    /// A detector's graph output is its whole heat map; its class scores are each class's
+    /// strongest cell, as a logit, so onset, top-1 and margin see one score per class.
     fn fix(&self, mut out: GuardOutput) -> GuardOutput {
+        if let Some(d) = &self.manifest.detector {
+            if let Some(scores) = out.output(&d.heatmap).and_then(class_peaks) {
+                out.logits = scores
+                    .into_iter()
+                    .map(|p| {
+                        let p = p.clamp(1e-6, 1.0 - 1e-6);
+                        (p / (1.0 - p)).ln()
+                    })
+                    .collect();
+            }
+            return out;
+        }
         if out.response.is_empty() && self.manifest.output == OutputKind::Probabilities {
             for v in out.logits.iter_mut() {
                 *v = v.max(1e-30).ln();
@@ -265,6 +279,20 @@ impl Guard {
         }
         out
     }
+}
+
+/// The strongest cell of each channel of a 1×C×H×W (or C×H×W) heat map.
+fn class_peaks(heat: ndarray::ArrayViewD<f32>) -> Option<Vec<f32>> {
+    let heat = match heat.ndim() {
+        4 => heat.index_axis_move(ndarray::Axis(0), 0),
+        3 => heat,
+        _ => return None,
+    };
+    Some(
+        heat.outer_iter()
+            .map(|c| c.iter().copied().fold(f32::NEG_INFINITY, f32::max))
+            .collect(),
+    )
 }
 
 /// The manifest must match the model: the input name exists and fixed dims agree, so a wrong

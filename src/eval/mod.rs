@@ -5,6 +5,8 @@
 
 pub mod combiner;
 pub mod detectors;
+pub mod hide;
+pub mod hide_video;
 pub mod metrics;
 pub mod patch;
 pub mod plots;
