@@ -209,7 +209,7 @@ pub fn paste_all(
 /// The hiding loss of one guard output: the sum of the class's peaks ≥ the floor, or its
 /// strongest cell where there is none (the same cells the `Seed::Peaks` graph seeds).
 pub fn loss(out: &GuardOutput, guard: &Guard, cfg: &HideConfig) -> Result<f64, AttackError> {
-    let heat = heat_plane(out, guard)?;
+    let heat = detect::heat_map(guard, out).map_err(|e| AttackError::Invalid(e.to_string()))?;
     let nms = guard
         .manifest()
         .detector
@@ -223,25 +223,6 @@ pub fn loss(out: &GuardOutput, guard: &Guard, cfg: &HideConfig) -> Result<f64, A
     } else {
         p.iter().map(|q| q.score as f64).sum()
     })
-}
-
-fn heat_plane<'a>(out: &'a GuardOutput, guard: &Guard) -> Result<ArrayView3<'a, f32>, AttackError> {
-    let name = guard
-        .manifest()
-        .detector
-        .as_ref()
-        .map(|d| d.heatmap.clone())
-        .ok_or_else(|| AttackError::Invalid("the hiding patch needs a detector model".into()))?;
-    let a = out
-        .output(&name)
-        .ok_or_else(|| AttackError::Invalid(format!("the guard output has no {name:?}")))?;
-    let a = if a.ndim() == 4 {
-        a.index_axis_move(Axis(0), 0)
-    } else {
-        a
-    };
-    a.into_dimensionality::<ndarray::Ix3>()
-        .map_err(|e| AttackError::Invalid(format!("heat map {name:?}: {e}")))
 }
 
 /// Matches each clean person box against the detections of the pasted photo.

@@ -70,7 +70,7 @@ struct Track {
 /// Matched scores a track's confidence is the mean of.
 const RECENT: usize = 5;
 
-/// A track lost away from the edges: the candidate the signal judges.
+/// A track lost while not leaving the frame: the candidate the signal judges.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Loss {
     /// Track id.
@@ -86,7 +86,7 @@ pub struct Loss {
     /// Median |Δ gray| over the box's thumbnail cells since its last match (0–255), where the
     /// box should be now (carried on at the track's velocity, best of a small search).
     pub change: f64,
-    /// Whether it fires (`change ≤ max_change`).
+    /// Whether it fires (`change ≤ max_change` and `confidence ≥ min_confidence`).
     pub fires: bool,
 }
 
@@ -119,7 +119,7 @@ impl VanishTracker {
     }
 
     /// One frame: its detections (frame pixels) and its w×h RGB8 pixels. Returns the tracks
-    /// lost away from the edges on this frame.
+    /// lost, and not leaving the frame, on this frame.
     pub fn update(&mut self, dets: &[Detection], rgb: &[u8], w: u32, h: u32) -> Vec<Loss> {
         let cfg = &self.cfg;
         let mut dets: Vec<&Detection> = dets

@@ -208,7 +208,10 @@ pub fn decode(
 }
 
 /// A 1×C×H×W (or C×H×W) output as C×H×W.
-fn plane3<'a>(name: &str, a: ArrayViewD<'a, f32>) -> Result<ArrayView3<'a, f32>, DetectError> {
+pub(crate) fn plane3<'a>(
+    name: &str,
+    a: ArrayViewD<'a, f32>,
+) -> Result<ArrayView3<'a, f32>, DetectError> {
     let shape = a.shape().to_vec();
     let bad = || DetectError::Shape {
         name: name.into(),
@@ -221,6 +224,22 @@ fn plane3<'a>(name: &str, a: ArrayViewD<'a, f32>) -> Result<ArrayView3<'a, f32>,
         _ => return Err(bad()),
     };
     a.into_dimensionality::<Ix3>().map_err(|_| bad())
+}
+
+/// The heat map (C×H×W) of one frame result of a detector guard.
+pub fn heat_map<'a>(
+    guard: &Guard,
+    out: &'a GuardOutput,
+) -> Result<ArrayView3<'a, f32>, DetectError> {
+    let m = guard.manifest();
+    let spec = m
+        .detector
+        .as_ref()
+        .ok_or_else(|| DetectError::NotADetector(m.name.clone()))?;
+    let a = out
+        .output(&spec.heatmap)
+        .ok_or_else(|| DetectError::MissingOutput(spec.heatmap.clone()))?;
+    plane3(&spec.heatmap, a)
 }
 
 /// The detections of one frame result of a detector guard, boxes in pixels of a

@@ -261,7 +261,8 @@ impl Guard {
     /// strongest cell, as a logit, so onset, top-1 and margin see one score per class.
     fn fix(&self, mut out: GuardOutput) -> GuardOutput {
         if let Some(d) = &self.manifest.detector {
-            if let Some(scores) = out.output(&d.heatmap).and_then(class_peaks) {
+            let heat = out.output(&d.heatmap);
+            if let Some(scores) = heat.and_then(|h| class_peaks(&d.heatmap, h)) {
                 out.logits = scores
                     .into_iter()
                     .map(|p| {
@@ -282,12 +283,8 @@ impl Guard {
 }
 
 /// The strongest cell of each channel of a 1×C×H×W (or C×H×W) heat map.
-fn class_peaks(heat: ndarray::ArrayViewD<f32>) -> Option<Vec<f32>> {
-    let heat = match heat.ndim() {
-        4 => heat.index_axis_move(ndarray::Axis(0), 0),
-        3 => heat,
-        _ => return None,
-    };
+fn class_peaks(name: &str, heat: ndarray::ArrayViewD<f32>) -> Option<Vec<f32>> {
+    let heat = super::detect::plane3(name, heat).ok()?;
     Some(
         heat.outer_iter()
             .map(|c| c.iter().copied().fold(f32::NEG_INFINITY, f32::max))
