@@ -115,6 +115,7 @@ fn cut_events(cut_threshold: Option<f64>) -> (usize, u64) {
             entropy: stats.entropy,
             concentration: stats.concentration,
             pixel_change: prev.as_ref().map(|p| t.change(p)),
+            vanish: None,
         };
         prev = Some(t);
         let o = d.observe(&budget::input(&sample, &stats), &mut || (None, None));

@@ -2,7 +2,7 @@
 
 use super::ModelArgs;
 use super::watch::{
-    SourceArgs, cameras, default_workers, guard_options, model_size, spec, stop_flag,
+    SourceArgs, cameras, default_workers, guard_options, model_kind, model_size, spec, stop_flag,
 };
 use advguard::detector::calibrate::{CalibrationParams, calibrate_camera};
 use advguard::detector::cascade::GuardEvery;
@@ -146,13 +146,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     entropy: f.entropy,
                     concentration: f.concentration,
                     pixel_change: f.pixel_change,
+                    vanish: f.vanish,
                 })
                 .collect();
-            let c = advguard::detector::budget::calibrate(
-                &[samples],
-                &advguard::detector::FusedConfig::default(),
-                b,
-            );
+            let base = advguard::detector::FusedConfig::for_model(model_kind(model)?);
+            let c = advguard::detector::budget::calibrate(&[samples], &base, b);
             for n in &c.notes {
                 if n.starts_with("warning") {
                     tracing::warn!(camera = %name, "{n}");

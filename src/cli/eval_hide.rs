@@ -577,7 +577,11 @@ fn video(
     }
     let all_calib: Vec<advguard::detector::vanish::Loss> =
         clean.iter().flat_map(|c| c.calib.iter().cloned()).collect();
-    (vcfg.max_change, vcfg.min_confidence) = hv::calibrate(&all_calib, 10.0, cfg.threshold);
+    (vcfg.max_change, vcfg.min_confidence) = hv::calibrate(
+        &all_calib,
+        advguard::detector::vanish::DEFAULT_MAX_CHANGE,
+        cfg.threshold,
+    );
     let mut md = String::new();
     let _ = writeln!(
         md,

@@ -61,8 +61,9 @@ pub struct Args {
     /// Calibration profile from `advguard calibrate` (cameras without their own `profile`).
     #[arg(long)]
     pub profile: Option<PathBuf>,
-    /// Detector: fused (every signal, one event per attack; the default for cameras calibrated
-    /// with `calibrate --budget`), onset (default otherwise), entropy, concentration.
+    /// Detector: fused (every signal, one event per attack: the default, unless the camera's
+    /// profile was calibrated for one score or a fixed `--threshold` is given, which run that
+    /// score, onset by default), onset, entropy, concentration.
     #[arg(long)]
     pub detector: Option<DetectorChoice>,
     /// Fixed start threshold (overrides the profile and the default).
@@ -210,6 +211,11 @@ pub fn model_size(model: &str) -> anyhow::Result<u32> {
         .size)
 }
 
+/// What the model is (classifier or object detector): which signals its cameras run.
+pub fn model_kind(model: &str) -> anyhow::Result<advguard::engine::manifest::ModelKind> {
+    Ok(advguard::engine::manifest::Manifest::load(model)?.kind)
+}
+
 /// Default worker count: one per core.
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -271,15 +277,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             None => None,
         };
-        let choice = c.detector.or(args.detector).or(prof.as_ref().map(|p| {
-            if p.fused.is_some() {
-                DetectorChoice::Fused
+        let threshold = c.threshold.or(args.threshold);
+        // A profile runs what it was calibrated for; a fixed threshold is one score's (the
+        // onset's unless `--detector` names another); otherwise every signal runs.
+        let choice = c
+            .detector
+            .or(args.detector)
+            .or(prof.as_ref().map(|p| {
+                if p.fused.is_some() {
+                    DetectorChoice::Fused
+                } else {
+                    DetectorChoice::Single(p.detector)
+                }
+            }))
+            .unwrap_or(if threshold.is_some() {
+                DetectorChoice::Single(DetectorKind::default())
             } else {
-                DetectorChoice::Single(p.detector)
-            }
-        }));
+                DetectorChoice::Fused
+            });
         let fused = match choice {
-            Some(DetectorChoice::Fused) => {
+            DetectorChoice::Fused => {
                 if c.threshold.or(args.threshold).is_some() {
                     anyhow::bail!(
                         "camera {:?}: --threshold sets one score's threshold; the fused detector takes \
@@ -287,17 +304,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         c.name
                     );
                 }
-                let mut f = prof
-                    .as_ref()
-                    .map_or_else(FusedConfig::default, FusedConfig::from_profile);
+                let base = FusedConfig::for_model(model_kind(&model)?);
+                let mut f = match &prof {
+                    Some(p) => FusedConfig::from_profile_over(base, p),
+                    None => base,
+                };
                 f.update_interval_ms = (args.update_secs * 1000.0) as u64;
                 Some(f)
             }
             _ => None,
         };
         let kind = match choice {
-            Some(DetectorChoice::Single(k)) => k,
-            _ => DetectorKind::default(),
+            DetectorChoice::Single(k) => k,
+            DetectorChoice::Fused => DetectorKind::default(),
         };
         let mut det = match &prof {
             Some(p) => DetectorConfig::from_profile(kind, p),

@@ -23,6 +23,7 @@ use super::camera::FrameInput;
 use super::event::{ClassGuess, Phase};
 use super::fused::{FusedConfig, FusedDetector, SignalConfig, SignalKind};
 use super::profile::{FusedProfile, SignalProfile};
+use super::vanish::Vanished;
 use crate::response::FrameStats;
 use std::collections::BTreeMap;
 
@@ -44,6 +45,8 @@ pub struct Sample {
     pub concentration: f64,
     /// Pixel change from the previous frame, gray levels.
     pub pixel_change: Option<f64>,
+    /// A detector camera's vanishing track on this frame.
+    pub vanish: Option<Vanished>,
 }
 
 /// Per-frame scores of one signal on one session, as the detector computes them.
@@ -65,11 +68,7 @@ pub fn signal_scores(session: &[Sample], cfg: &FusedConfig, kind: SignalKind) ->
                 &input(s, &FrameStats::scalar(s.entropy, s.concentration)),
                 &mut || (None, None),
             );
-            match kind {
-                SignalKind::Onset => o.scores.onset,
-                SignalKind::Patch => o.scores.concentration,
-                SignalKind::Entropy => o.scores.entropy,
-            }
+            kind.score(&o.scores)
         })
         .collect()
 }
@@ -93,6 +92,7 @@ pub fn input<'a>(s: &'a Sample, stats: &'a FrameStats) -> FrameInput<'a> {
         },
         bbox: None,
         pixel_change: s.pixel_change,
+        vanish: s.vanish,
         fresh: true,
     }
 }
@@ -253,15 +253,33 @@ pub fn calibrate(sessions: &[Vec<Sample>], base: &FusedConfig, budget: f64) -> B
             let pts: Vec<u64> = s.iter().map(|f| f.pts_ms).collect();
             all.extend(peaks(&fire, &pts, 0.0, base.merge_ms));
         }
-        let (t, expected, how) = threshold_for_rate(&all, hours, share);
         let ratio = if rule.threshold > 0.0 {
             rule.end_threshold / rule.threshold
         } else {
             1.0
         };
-        rule.threshold = t;
-        rule.end_threshold = t * ratio;
-        notes.push(format!("{kind}: threshold {t:.4} ({how})"));
+        let expected = if all.is_empty() {
+            // Nothing to fit (a vanishing track needs a tracked object that was lost): the
+            // signal keeps its default bar rather than firing on anything above zero.
+            notes.push(format!(
+                "{kind}: threshold {:.4} (the default: no clean peaks to set it from)",
+                rule.threshold
+            ));
+            0.0
+        } else {
+            let (t, expected, how) = threshold_for_rate(&all, hours, share);
+            rule.threshold = t;
+            rule.end_threshold = t * ratio;
+            notes.push(format!("{kind}: threshold {t:.4} ({how})"));
+            if *kind == SignalKind::Vanish && t >= 1.0 {
+                notes.push(format!(
+                    "warning: vanish: the budget puts its bar at {t:.3}, above any confidence: \
+                     the detector drops tracked objects of this scene too often for it, so the \
+                     signal cannot fire on this camera"
+                ));
+            }
+            expected
+        };
         signals.insert(
             *kind,
             SignalProfile {

@@ -18,6 +18,8 @@ pub struct CleanFrame {
     pub entropy: f64,
     /// Response concentration.
     pub concentration: f64,
+    /// A detector camera's vanishing track on this frame.
+    pub vanish: Option<super::vanish::Vanished>,
 }
 
 /// Calibration settings.
@@ -212,6 +214,7 @@ mod tests {
             probs: p.to_vec(),
             entropy: 1.0,
             concentration: 0.2,
+            vanish: None,
         }
     }
 

@@ -87,6 +87,9 @@ pub struct FrameInput<'a> {
     pub bbox: Option<[u32; 4]>,
     /// Mean absolute change of the gray frame from the previous one, gray levels (scene cuts).
     pub pixel_change: Option<f64>,
+    /// A detector camera's track lost on this frame with its pixels unchanged (none on
+    /// classifiers): the fused detector's `vanish` signal.
+    pub vanish: Option<super::vanish::Vanished>,
 }
 
 /// The detector's verdict on one frame.
@@ -192,6 +195,7 @@ impl CameraDetector {
             concentration: f.stats.concentration,
             kl,
             onset,
+            vanish: f.vanish.map_or(0.0, |v| v.score),
         };
         let score = match self.cfg.kind {
             DetectorKind::Onset => onset,
@@ -299,6 +303,7 @@ mod tests {
                 },
                 bbox: None,
                 pixel_change: None,
+                vanish: None,
                 fresh: true,
             };
             let o = d.observe(&input, &mut || (None, None));
@@ -338,6 +343,7 @@ mod tests {
             },
             bbox: Some([1, 2, 3, 4]),
             pixel_change: None,
+            vanish: None,
             fresh: true,
         };
         let o = d.observe(&input, &mut || (None, None));

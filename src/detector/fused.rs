@@ -5,7 +5,10 @@
 //!   frames after it (imperceptible attacks that start while the camera watches);
 //! - `patch`: the response concentration with its box, k of n (patches, including one present
 //!   from the camera's first frame);
-//! - `entropy`: the paper's S̄, k of n (off unless calibrated: it does not detect on our models).
+//! - `entropy`: the paper's S̄, k of n (off unless calibrated: it does not detect on our models);
+//! - `vanish`: on a detector camera, a tracked person lost while the pixels where they stood
+//!   barely change ([`super::vanish`]): the person-hiding patch. It reads the detections, which
+//!   every pass gives, so it never waits for the guard pass.
 //!
 //! Any signal that fires opens the camera's one event; the event stays open while any signal
 //! holds and for `merge_ms` after the last one let go, so the jumps inside an attack (per-frame
@@ -25,6 +28,7 @@ use super::profile::CameraProfile;
 use super::rule::{Rule, RuleConfig, Transition};
 use super::score::{FrameScores, jump, kl_divergence};
 use super::tracker::{EventTracker, FrameFacts, Media};
+use crate::engine::manifest::ModelKind;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::fmt;
@@ -45,11 +49,18 @@ pub enum SignalKind {
     Patch,
     /// The paper's S̄.
     Entropy,
+    /// A detector's vanishing track.
+    Vanish,
 }
 
 impl SignalKind {
     /// All signals, in a fixed order.
-    pub const ALL: [SignalKind; 3] = [SignalKind::Onset, SignalKind::Patch, SignalKind::Entropy];
+    pub const ALL: [SignalKind; 4] = [
+        SignalKind::Onset,
+        SignalKind::Patch,
+        SignalKind::Entropy,
+        SignalKind::Vanish,
+    ];
 
     /// The name used in configs, profiles and events.
     pub fn name(self) -> &'static str {
@@ -57,16 +68,35 @@ impl SignalKind {
             SignalKind::Onset => "onset",
             SignalKind::Patch => "patch",
             SignalKind::Entropy => "entropy",
+            SignalKind::Vanish => "vanish",
         }
     }
 
-    /// The profile score this signal is calibrated from.
-    pub fn score_kind(self) -> DetectorKind {
+    /// The single-score profile entry this signal takes its thresholds from, where one exists
+    /// (a profile calibrated without `--budget`).
+    pub fn score_kind(self) -> Option<DetectorKind> {
         match self {
-            SignalKind::Onset => DetectorKind::Onset,
-            SignalKind::Patch => DetectorKind::Concentration,
-            SignalKind::Entropy => DetectorKind::Entropy,
+            SignalKind::Onset => Some(DetectorKind::Onset),
+            SignalKind::Patch => Some(DetectorKind::Concentration),
+            SignalKind::Entropy => Some(DetectorKind::Entropy),
+            SignalKind::Vanish => None,
         }
+    }
+
+    /// This signal's score among a frame's scores.
+    pub fn score(self, s: &FrameScores) -> f64 {
+        match self {
+            SignalKind::Onset => s.onset,
+            SignalKind::Patch => s.concentration,
+            SignalKind::Entropy => s.entropy,
+            SignalKind::Vanish => s.vanish,
+        }
+    }
+
+    /// Whether the score comes from the response (the guard pass): on the cascade's
+    /// forward-only frames such a signal holds its state instead of counting the frame.
+    pub fn reads_response(self) -> bool {
+        matches!(self, SignalKind::Patch | SignalKind::Entropy)
     }
 }
 
@@ -128,6 +158,15 @@ impl SignalConfig {
                 n: 5,
                 clear_frames: 3,
             },
+            // A loss is one frame (the track's `lost_frames`-th unmatched one): it fires alone.
+            // The uncalibrated bar: a track the detector held at a mean score above 0.5.
+            SignalKind::Vanish => SignalConfig {
+                threshold: 0.5,
+                end_threshold: 0.5,
+                k: 1,
+                n: 1,
+                clear_frames: 1,
+            },
         }
     }
 }
@@ -176,7 +215,14 @@ impl FusedConfig {
     /// (`[cameras.X.fused]`) sets every signal it has; otherwise the per-score thresholds
     /// are used for onset and patch.
     pub fn from_profile(p: &CameraProfile) -> FusedConfig {
-        let mut c = FusedConfig::default();
+        Self::from_profile_over(FusedConfig::default(), p)
+    }
+
+    /// [`Self::from_profile`] over other defaults (a detector camera's
+    /// [`Self::for_detector`]). A single-score profile sets the signals it has thresholds
+    /// for and leaves the rest at their defaults.
+    pub fn from_profile_over(base: FusedConfig, p: &CameraProfile) -> FusedConfig {
+        let mut c = base;
         if let Some(f) = &p.fused {
             c.signals = f.signals.iter().map(|(k, s)| (*k, s.config(*k))).collect();
             c.reference = f.reference;
@@ -186,13 +232,32 @@ impl FusedConfig {
             return c;
         }
         for (k, s) in c.signals.iter_mut() {
-            if let Some(sp) = p.score(k.score_kind()) {
+            if let Some(sp) = k.score_kind().and_then(|d| p.score(d)) {
                 s.threshold = sp.threshold;
                 s.end_threshold = sp.end_threshold;
                 c.source = "profile";
             }
         }
         c
+    }
+
+    /// The defaults of a detector camera (an object detector's model): the vanishing-track
+    /// signal beside the others.
+    pub fn for_detector() -> FusedConfig {
+        let mut c = FusedConfig::default();
+        c.signals.push((
+            SignalKind::Vanish,
+            SignalConfig::default_for(SignalKind::Vanish),
+        ));
+        c
+    }
+
+    /// The defaults for a camera running a model of this kind.
+    pub fn for_model(kind: ModelKind) -> FusedConfig {
+        match kind {
+            ModelKind::Classifier => FusedConfig::default(),
+            ModelKind::Detector => FusedConfig::for_detector(),
+        }
     }
 
     /// Thresholds in force, for logs.
@@ -509,13 +574,23 @@ impl FusedDetector {
             } else {
                 onset
             },
+            vanish: f.vanish.map_or(0.0, |v| v.score),
         };
+        // A vanishing over its bar places the frame where the person was, not at the response.
+        let vanish_box = f
+            .vanish
+            .filter(|v| {
+                self.signals
+                    .iter()
+                    .any(|s| s.kind == SignalKind::Vanish && v.score > s.cfg.threshold)
+            })
+            .map(|v| v.bbox);
         let base = FrameFacts {
             pts_ms: f.pts_ms,
             score: 0.0,
             over: false,
             top1: Some(f.top1.clone()),
-            bbox: f.bbox,
+            bbox: vanish_box.or(f.bbox),
         };
         let mut fired: Vec<(usize, u64)> = Vec::new();
         let mut holds = false;
@@ -524,11 +599,7 @@ impl FusedDetector {
         let mut ratio: f64 = 0.0;
         let mut steps = Vec::with_capacity(self.signals.len());
         for (i, s) in self.signals.iter_mut().enumerate() {
-            let score = match s.kind {
-                SignalKind::Onset => scores.onset,
-                SignalKind::Patch => scores.concentration,
-                SignalKind::Entropy => scores.entropy,
-            };
+            let score = s.kind.score(&scores);
             let mut facts = base.clone();
             facts.score = score;
             let was_open = matches!(s.rule, SignalRule::Onset(OnsetPhase::Open { .. }));
@@ -553,7 +624,7 @@ impl FusedDetector {
                     },
                     f.pts_ms,
                 )
-            } else if !f.fresh {
+            } else if !f.fresh && s.kind.reads_response() {
                 s.hold(score)
             } else {
                 let st = s.step(score, |_| false, f.pts_ms);
@@ -762,7 +833,7 @@ impl super::state::CameraState for FusedDetector {
             || self
                 .signals
                 .iter()
-                .any(|s| s.kind != SignalKind::Onset && s.wants)
+                .any(|s| s.kind.reads_response() && s.wants)
     }
 
     fn response_need(&self) -> ResponseNeed {
@@ -811,6 +882,7 @@ mod tests {
                 top1: guess(),
                 bbox: Some(st.bbox),
                 pixel_change: Some(*px),
+                vanish: None,
                 fresh: true,
             };
             out.extend(d.observe(&input, &mut || (None, None)).events);
@@ -850,6 +922,7 @@ mod tests {
             top1: guess(),
             bbox: Some(hot.bbox),
             pixel_change: Some(1.0),
+            vanish: None,
         };
         assert!(!d.wants_response());
         // One fresh frame over the threshold, then stale copies of it: no event however many.
@@ -929,6 +1002,51 @@ mod tests {
         let mut d = FusedDetector::new("cam", "m", FusedConfig::default());
         let ev = run(&mut d, &frames(2.0));
         assert_eq!(ev.iter().filter(|e| e.phase == Phase::Start).count(), 1);
+    }
+
+    /// A person lost in place fires the vanish signal once, boxed where they stood, on a
+    /// forward-only frame too; a loss under the bar, or on a classifier's config, does not.
+    #[test]
+    fn a_vanishing_track_opens_one_event_at_the_lost_box() {
+        use crate::detector::vanish::Vanished;
+        let calm = stats(0.2);
+        let run_vanish = |cfg: FusedConfig, score: f64| {
+            let mut d = FusedDetector::new("cam", "m", cfg);
+            let mut out = Vec::new();
+            for i in 0..80u64 {
+                let p = flicker(i as usize);
+                let input = FrameInput {
+                    pts_ms: i * 100,
+                    probs: &p,
+                    stats: &calm,
+                    fresh: i % 3 == 0,
+                    top1: guess(),
+                    bbox: Some(calm.bbox),
+                    pixel_change: Some(1.0),
+                    vanish: (i == 20 || i == 24).then_some(Vanished {
+                        score,
+                        bbox: [100, 50, 180, 300],
+                        change: 2.0,
+                    }),
+                };
+                out.extend(d.observe(&input, &mut || (None, None)).events);
+            }
+            out.extend(d.finish());
+            out
+        };
+        let ev = run_vanish(FusedConfig::for_detector(), 0.7);
+        let starts: Vec<_> = ev.iter().filter(|e| e.phase == Phase::Start).collect();
+        assert_eq!(
+            starts.len(),
+            1,
+            "two losses 0.4 s apart are one event: {ev:#?}"
+        );
+        assert_eq!(starts[0].detector, "vanish");
+        assert_eq!(starts[0].start_pts_ms, 2000);
+        assert_eq!(starts[0].bbox, Some([100, 50, 180, 300]));
+        assert_eq!(ev.iter().filter(|e| e.phase == Phase::End).count(), 1);
+        assert!(run_vanish(FusedConfig::for_detector(), 0.4).is_empty());
+        assert!(run_vanish(FusedConfig::default(), 0.9).is_empty());
     }
 
     #[test]

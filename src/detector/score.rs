@@ -17,6 +17,9 @@ pub struct FrameScores {
     pub kl: f64,
     /// Symmetric KL between p_t and p_{t−1}, nats: the onset (jump) score; 0 on the first frame.
     pub onset: f64,
+    /// A detector camera's vanishing track: the confidence of a track lost on this frame while
+    /// its pixels barely changed (0 on every other frame, and on classifiers).
+    pub vanish: f64,
 }
 
 /// KL(p ‖ q) in nats, with both floored at [`KL_FLOOR`] (inputs are softmax outputs).

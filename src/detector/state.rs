@@ -107,6 +107,7 @@ impl CameraState for ScoresOnly {
             concentration: f.stats.concentration,
             kl,
             onset,
+            vanish: f.vanish.map_or(0.0, |v| v.score),
         };
         Observation {
             scores,
@@ -151,6 +152,7 @@ mod tests {
             },
             bbox: None,
             pixel_change: None,
+            vanish: None,
             fresh: true,
         }
     }

@@ -10,6 +10,12 @@ use crate::engine::detect::{Detection, box_iou as iou};
 /// Side of the gray thumbnail a track's box is compared through.
 const THUMB: usize = 16;
 
+/// The pixel change a loss may show and still count as a vanishing (median |Δ gray| over the
+/// box's thumbnail cells, 0–255): the bar `eval-hide` judged the signal at (docs/EVAL.md). A
+/// walking person's own motion, carried on at its velocity, stays under it on the shared clip;
+/// someone walking off or passing in front changes most of the cells by more.
+pub const DEFAULT_MAX_CHANGE: f64 = 10.0;
+
 /// Settings of the vanishing-track signal.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VanishConfig {
@@ -90,6 +96,33 @@ pub struct Loss {
     pub fires: bool,
 }
 
+/// What the vanishing-track signal saw on one frame: its most confident loss with a pixel
+/// change under the bar. The fused detector's `vanish` signal thresholds `score`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Vanished {
+    /// The lost track's confidence (mean of its last matched scores, 0–1).
+    pub score: f64,
+    /// Its last box, frame pixels.
+    pub bbox: [u32; 4],
+    /// Its pixel change (0–255).
+    pub change: f64,
+}
+
+impl Vanished {
+    /// The strongest firing loss of a frame, if any.
+    pub fn strongest(losses: &[Loss]) -> Option<Vanished> {
+        losses
+            .iter()
+            .filter(|l| l.fires)
+            .max_by(|a, b| a.confidence.total_cmp(&b.confidence))
+            .map(|l| Vanished {
+                score: l.confidence as f64,
+                bbox: l.bbox.map(|v| v.max(0.0).round() as u32),
+                change: l.change,
+            })
+    }
+}
+
 /// Tracks one class over the frames of a camera and reports losses.
 #[derive(Debug, Clone)]
 pub struct VanishTracker {
@@ -106,6 +139,21 @@ impl VanishTracker {
             tracks: vec![],
             next: 0,
         }
+    }
+
+    /// The tracker a detector camera runs in `watch`: every loss under
+    /// [`DEFAULT_MAX_CHANGE`] fires, and the fused detector's `vanish` threshold is the
+    /// confidence bar (calibrated per camera by `advguard calibrate --budget`).
+    pub fn for_camera() -> VanishTracker {
+        VanishTracker::new(VanishConfig {
+            max_change: DEFAULT_MAX_CHANGE,
+            ..VanishConfig::default()
+        })
+    }
+
+    /// One frame, as the fused detector reads it: [`Self::update`], then the strongest loss.
+    pub fn observe(&mut self, dets: &[Detection], rgb: &[u8], w: u32, h: u32) -> Option<Vanished> {
+        Vanished::strongest(&self.update(dets, rgb, w, h))
     }
 
     /// The settings.

@@ -176,6 +176,7 @@ pub fn score_of(scores: &FrameScores, name: &str) -> f64 {
         "entropy" => scores.entropy,
         "concentration" | "patch" => scores.concentration,
         "kl" => scores.kl,
+        "vanish" => scores.vanish,
         _ => 0.0,
     }
 }

@@ -12,6 +12,7 @@ use crate::detector::cascade::{Cascade, Plan};
 use crate::detector::cut::GrayThumb;
 use crate::detector::event::ClassGuess;
 use crate::detector::state::CameraState;
+use crate::detector::vanish::VanishTracker;
 use crate::engine::{Guard, detect, top_k};
 use crate::response::{self, FrameStats, ResponseConfig};
 use crate::source::Frame;
@@ -27,6 +28,9 @@ pub(super) struct CameraPipeline {
     outputs: Outputs,
     /// The previous frame's thumbnail (scene cuts).
     prev_thumb: Option<GrayThumb>,
+    /// A detector camera's person tracks (the vanishing-track signal); made on its first
+    /// frame with detections.
+    vanish: Option<VanishTracker>,
     /// Scores of the last seconds (the explain view's strip).
     history: overlay::ScoreHistory,
     /// Which frames get the guard pass.
@@ -59,6 +63,7 @@ impl CameraPipeline {
             state,
             outputs,
             prev_thumb: None,
+            vanish: None,
             last_response: None,
             decision_age_s: Vec::new(),
             processed: 0,
@@ -142,6 +147,19 @@ impl CameraPipeline {
             label: guard.labels().get(k).cloned().unwrap_or_default(),
             prob: probs.get(k).copied().unwrap_or(0.0),
         };
+        // Every pass gives the detections, so the tracks see every frame (the cascade's
+        // forward-only ones too).
+        let vanish = if detect::is_detector(guard) {
+            self.vanish
+                .get_or_insert_with(VanishTracker::for_camera)
+                .observe(&detections, &rgb, w, h)
+        } else {
+            None
+        };
+        if let Some(v) = &vanish {
+            tracing::debug!(camera = %self.plan.name, pts_ms = f.pts_ms, confidence = v.score,
+                change = v.change, bbox = ?v.bbox, "tracked object lost in place");
+        }
         let thumb = GrayThumb::new(&rgb, w, h);
         let pixel_change = self.prev_thumb.as_ref().map(|p| thumb.change(p));
         self.prev_thumb = Some(thumb);
@@ -156,6 +174,7 @@ impl CameraPipeline {
             top1: top1.clone(),
             bbox,
             pixel_change,
+            vanish,
         };
         let peak_caption = format!(
             "{} {} peak  {} ({:.2})",
@@ -209,6 +228,7 @@ impl CameraPipeline {
             obs: &obs,
             injected,
             pixel_change,
+            vanish,
             proc_s: t0.elapsed().as_secs_f64(),
             age_s: f.captured.elapsed().as_secs_f64(),
             native,

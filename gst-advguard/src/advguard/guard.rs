@@ -326,6 +326,7 @@ impl Scorer {
             bbox: Some(bbox),
             // Only the fused detector reads scene cuts; CameraDetector does not.
             pixel_change: None,
+            vanish: None,
             fresh: true,
         };
         let obs = self.detector.observe(&input, &mut render);

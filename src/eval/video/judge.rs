@@ -26,6 +26,8 @@ pub fn samples(s: &SessionRec) -> Vec<Sample> {
             entropy: f.entropy,
             concentration: f.concentration,
             pixel_change: Some(f.pixel_change),
+            // Sessions of classifiers: no tracked objects.
+            vanish: None,
         })
         .collect()
 }
@@ -80,6 +82,7 @@ pub fn replay_cascade(
             entropy,
             concentration,
             pixel_change: Some(f.pixel_change),
+            vanish: None,
         };
         let mut input = budget::input(&sample, &st);
         input.bbox = Some(bbox);
@@ -89,12 +92,10 @@ pub fn replay_cascade(
             .signals
             .iter()
             .map(|(k, c)| {
-                let v = match k {
-                    crate::detector::SignalKind::Onset => o.scores.onset,
-                    crate::detector::SignalKind::Patch => o.scores.concentration,
-                    crate::detector::SignalKind::Entropy => o.scores.entropy,
-                };
-                (k.name().to_string(), v / c.threshold.max(1e-12))
+                (
+                    k.name().to_string(),
+                    k.score(&o.scores) / c.threshold.max(1e-12),
+                )
             })
             .collect();
         trace.push(Trace {

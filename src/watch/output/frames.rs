@@ -34,6 +34,9 @@ pub struct FrameRecord {
     pub kl: f64,
     /// Onset score KL(p_t ‖ reference), nats.
     pub onset: f64,
+    /// A detector camera's track lost in place on this frame: its lost box and confidence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vanish: Option<VanishRecord>,
     /// Capture → scored, ms (the lag).
     pub age_ms: f64,
     /// Guard + detector time, ms.
@@ -51,6 +54,17 @@ pub struct FrameRecord {
     pub unix_ms: u64,
 }
 
+/// A vanishing track in a frame record.
+#[derive(Debug, Clone, Serialize)]
+pub struct VanishRecord {
+    /// The track's mean last score.
+    pub confidence: f64,
+    /// Median |Δ gray| where it should be now (0–255).
+    pub change: f64,
+    /// Its last box, model-input pixels.
+    pub bbox: [u32; 4],
+}
+
 impl FrameRecord {
     /// The record of a scored frame.
     pub fn of(f: &ScoredFrame<'_>) -> FrameRecord {
@@ -66,6 +80,11 @@ impl FrameRecord {
             concentration: f.obs.scores.concentration,
             kl: f.obs.scores.kl,
             onset: f.obs.scores.onset,
+            vanish: f.vanish.map(|v| VanishRecord {
+                confidence: v.score,
+                change: v.change,
+                bbox: v.bbox,
+            }),
             age_ms: f.age_s * 1e3,
             proc_ms: f.proc_s * 1e3,
             injected: f.injected,

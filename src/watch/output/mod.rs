@@ -58,6 +58,8 @@ pub struct ScoredFrame<'a> {
     pub injected: bool,
     /// Pixel change from the camera's previous frame, gray levels (None on its first frame).
     pub pixel_change: Option<f64>,
+    /// A detector camera's track lost on this frame with its pixels unchanged.
+    pub vanish: Option<crate::detector::vanish::Vanished>,
     /// Guard + detector time, s.
     pub proc_s: f64,
     /// Capture → scored, s (the lag).
