@@ -81,4 +81,18 @@ fn two_minute_soak_survives_server_kills_with_bounded_memory_and_age() {
         "only {processed} frames scored in two minutes"
     );
     assert!(dir.path().join("soak.png").is_file(), "no plot");
+    // A reconnect is a gap, not a jump: the clean clips give no onset event. Before the
+    // cameras restarted their references on a resumed stream, every kill opened one per camera.
+    let events = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+    let onsets: Vec<&str> = events
+        .lines()
+        .filter(|l| {
+            let e: Value = serde_json::from_str(l).unwrap();
+            e["phase"] == "start" && e["detector"] == "onset"
+        })
+        .collect();
+    assert!(
+        onsets.is_empty(),
+        "onset events on clean footage:\n{onsets:#?}"
+    );
 }

@@ -132,8 +132,10 @@ fn replay(
     events
 }
 
+/// The person withheld here walks towards the camera (their box grows ~4 % a frame): the
+/// pixel test finds them only through its size search (change 9.4 against the bar of 10;
+/// without it 10.4, and this test failed).
 #[test]
-#[ignore = "fails (no vanish event on the withheld person); not yet diagnosed: docs/DETECTORS.md"]
 fn a_person_lost_in_place_is_one_vanish_event_and_a_covered_one_is_none() {
     let (clip, dets) = frames();
     let from = onset(&dets);
@@ -176,9 +178,9 @@ fn a_person_lost_in_place_is_one_vanish_event_and_a_covered_one_is_none() {
 }
 
 /// `advguard watch --model-name centernet_mobilenetv3_coco` on the clip: the camera runs the
-/// fused detector with the vanish signal, and its frames carry the detected persons.
+/// fused detector with the vanish signal, and its frames carry the detected persons. The
+/// person walks in about 6 s into the clip, so the run covers its first 20 s (10 frames/s).
 #[test]
-#[ignore = "fails (no person in the first 40 frame records); not yet diagnosed: docs/DETECTORS.md"]
 fn watch_guards_a_detector_camera_with_the_vanish_signal() {
     need_ort();
     let tmp = tempfile::tempdir().unwrap();
@@ -197,7 +199,9 @@ fn watch_guards_a_detector_camera_with_the_vanish_signal() {
         ])
         .args([
             "--max-frames",
-            "40",
+            "200",
+            "--guard-every",
+            "10",
             "--metrics-addr",
             "off",
             "--frames-out",
@@ -220,7 +224,7 @@ fn watch_guards_a_detector_camera_with_the_vanish_signal() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(recs.len(), 40);
+    assert_eq!(recs.len(), 200);
     let with_person = recs
         .iter()
         .filter(|r| {
@@ -230,5 +234,5 @@ fn watch_guards_a_detector_camera_with_the_vanish_signal() {
             })
         })
         .count();
-    assert!(with_person >= 10, "persons in {with_person} of 40 frames");
+    assert!(with_person >= 10, "persons in {with_person} of 200 frames");
 }

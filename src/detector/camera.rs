@@ -246,6 +246,12 @@ impl CameraDetector {
         }
     }
 
+    /// The source restarted: the next frame's jump is measured from itself, not across the
+    /// gap (an open event stays open).
+    pub fn stream_gap(&mut self) {
+        self.prev = None;
+    }
+
     /// Ends an open event (end of stream, shutdown); `None` when none is open.
     pub fn finish(&mut self) -> Option<Event> {
         if self.rule.finish() {

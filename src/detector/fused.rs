@@ -524,6 +524,17 @@ impl FusedDetector {
         self.cuts
     }
 
+    /// A new scene or a gap in the stream: the next distribution is its own reference.
+    fn restart_reference(&mut self) {
+        self.history.clear();
+        self.prev = None;
+        for s in &mut self.signals {
+            if s.kind == SignalKind::Onset {
+                s.reset();
+            }
+        }
+    }
+
     fn onset_score(&self, probs: &[f32]) -> f64 {
         match self.cfg.reference {
             OnsetReference::Previous => self.prev.as_ref().map_or(0.0, |q| jump(probs, q)),
@@ -553,15 +564,8 @@ impl FusedDetector {
         let prev_jump = self.prev.as_ref().map_or(0.0, |q| jump(f.probs, q));
         let cut = matches!((f.pixel_change, self.cfg.cut_threshold), (Some(c), Some(t)) if c > t);
         if cut {
-            // A new scene: its distribution is its own reference from here on.
             self.cuts += 1;
-            self.history.clear();
-            self.prev = None;
-            for s in &mut self.signals {
-                if s.kind == SignalKind::Onset {
-                    s.reset();
-                }
-            }
+            self.restart_reference();
             tracing::debug!(pts_ms = f.pts_ms, "scene cut: onset reference restarted");
         }
         let onset = self.onset_score(f.probs);
@@ -805,6 +809,10 @@ impl super::state::CameraState for FusedDetector {
         FusedDetector::observe(self, f, media)
     }
 
+    fn stream_gap(&mut self) {
+        self.restart_reference();
+    }
+
     fn finish(&mut self) -> Option<Event> {
         FusedDetector::finish(self)
     }
@@ -905,6 +913,43 @@ mod tests {
         p[5 + i % 3] = 0.9;
         let s: f32 = p.iter().sum();
         p.iter().map(|v| v / s).collect()
+    }
+
+    /// A stream gap (a reconnect) restarts the onset reference: the first frame after it is
+    /// a new baseline however far its distribution is from the last one before the gap.
+    #[test]
+    fn a_stream_gap_is_not_an_onset() {
+        use crate::detector::state::CameraState;
+        let one_hot = |k: usize| {
+            let mut p = vec![0.001f32; 10];
+            p[k] = 0.991;
+            p
+        };
+        let calm = stats(0.1);
+        let opened = |gap: bool| {
+            let mut d = FusedDetector::new("cam", "m", FusedConfig::default());
+            let mut events = Vec::new();
+            for i in 0..30u64 {
+                if gap && i == 15 {
+                    d.stream_gap();
+                }
+                let p = one_hot(if i < 15 { 0 } else { 7 });
+                let f = FrameInput {
+                    pts_ms: i * 100,
+                    probs: &p,
+                    stats: &calm,
+                    fresh: true,
+                    top1: guess(),
+                    bbox: Some(calm.bbox),
+                    pixel_change: Some(1.0),
+                    vanish: None,
+                };
+                events.extend(d.observe(&f, &mut || (None, None)).events);
+            }
+            events.len()
+        };
+        assert!(opened(false) > 0, "the same jump without a gap is an onset");
+        assert_eq!(opened(true), 0);
     }
 
     /// The cascade's stale frames: a patch rule (3 of 5 over 0.6) counts only frames whose

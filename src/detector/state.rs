@@ -14,6 +14,10 @@ pub trait CameraState: Send {
     fn observe(&mut self, f: &FrameInput<'_>, media: &mut Media<'_>) -> Observation;
     /// Ends an open event at end of stream / shutdown; `None` when none is open.
     fn finish(&mut self) -> Option<Event>;
+    /// The source restarted (a reconnect, a file started again): the next frame does not
+    /// follow the last one, so frame-to-frame references restart instead of reading the gap
+    /// as a jump. An open event stays open.
+    fn stream_gap(&mut self) {}
     /// Short description for logs (signals and thresholds in force).
     fn describe(&self) -> String;
     /// Name of the driving score and its start threshold, for the overlay caption.
@@ -56,6 +60,10 @@ impl CameraState for CameraDetector {
 
     fn finish(&mut self) -> Option<Event> {
         CameraDetector::finish(self)
+    }
+
+    fn stream_gap(&mut self) {
+        CameraDetector::stream_gap(self);
     }
 
     fn describe(&self) -> String {
@@ -121,6 +129,10 @@ impl CameraState for ScoresOnly {
 
     fn finish(&mut self) -> Option<Event> {
         None
+    }
+
+    fn stream_gap(&mut self) {
+        self.prev = None;
     }
 
     fn describe(&self) -> String {

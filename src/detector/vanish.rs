@@ -302,20 +302,29 @@ fn thumb(rgb: &[u8], w: u32, h: u32, b: [f32; 4]) -> Vec<f32> {
 }
 
 /// The change where the object should be now: its last box carried on at its velocity, then
-/// the best of a small search around that (±10 % of the box), since a walking person does not
-/// keep a constant pace. A hidden person is still there, so some nearby box matches it; a
-/// person who left, or was covered, leaves no such box.
+/// the best of a small search around that (±10 % of the box, and ±10 % in size), since a
+/// walking person keeps neither a constant pace nor a constant distance to the camera. A
+/// hidden person is still there, so some nearby box matches it; a person who left, or was
+/// covered, leaves no such box.
 fn moved_change(rgb: &[u8], w: u32, h: u32, t: &Track) -> f64 {
     let n = t.lost as f32;
     let b = t.bbox;
     let (bw, bh) = (b[2] - b[0], b[3] - b[1]);
     let mut best = f64::INFINITY;
-    for iy in -2i32..=2 {
-        for ix in -2i32..=2 {
-            let dx = t.vel[0] * n + ix as f32 * 0.05 * bw;
-            let dy = t.vel[1] * n + iy as f32 * 0.05 * bh;
-            let at = [b[0] + dx, b[1] + dy, b[2] + dx, b[3] + dy];
-            best = best.min(median_abs_diff(&thumb(rgb, w, h, at), &t.thumb));
+    for scale in [1.0f32, 0.9, 1.1] {
+        let (gx, gy) = ((scale - 1.0) * bw / 2.0, (scale - 1.0) * bh / 2.0);
+        for iy in -2i32..=2 {
+            for ix in -2i32..=2 {
+                let dx = t.vel[0] * n + ix as f32 * 0.05 * bw;
+                let dy = t.vel[1] * n + iy as f32 * 0.05 * bh;
+                let at = [
+                    b[0] + dx - gx,
+                    b[1] + dy - gy,
+                    b[2] + dx + gx,
+                    b[3] + dy + gy,
+                ];
+                best = best.min(median_abs_diff(&thumb(rgb, w, h, at), &t.thumb));
+            }
         }
     }
     best
@@ -430,6 +439,41 @@ mod tests {
         t.update(&[], &frame(None), 100, 100);
         let l = t.update(&[], &frame(None), 100, 100);
         assert!(!l[0].fires, "change {}", l[0].change);
+    }
+
+    /// A 100×100 gray frame with a "person" whose shade runs top to bottom of its box, so a
+    /// box of the wrong size sees other shades.
+    fn shaded(b: [f32; 4]) -> Vec<u8> {
+        let mut f = vec![128u8; 100 * 100 * 3];
+        for y in b[1] as usize..(b[3] as usize).min(100) {
+            let v = 20.0 + 220.0 * (y as f32 - b[1]) / (b[3] - b[1]);
+            for x in b[0] as usize..(b[2] as usize).min(100) {
+                f[3 * (y * 100 + x)..3 * (y * 100 + x) + 3].copy_from_slice(&[v as u8; 3]);
+            }
+        }
+        f
+    }
+
+    #[test]
+    fn a_person_walking_towards_the_camera_hidden_fires() {
+        // The box grows 15 % a frame about a fixed centre (a person close to the camera).
+        let at = |k: usize| {
+            let s = 1.15f32.powi(k as i32);
+            [
+                50.0 - 6.0 * s,
+                50.0 - 12.0 * s,
+                50.0 + 6.0 * s,
+                50.0 + 12.0 * s,
+            ]
+        };
+        let mut t = VanishTracker::new(cfg());
+        for k in 0..6 {
+            t.update(&[person(at(k))], &shaded(at(k)), 100, 100);
+        }
+        t.update(&[], &shaded(at(6)), 100, 100);
+        let l = t.update(&[], &shaded(at(7)), 100, 100);
+        assert_eq!(l.len(), 1);
+        assert!(l[0].fires, "change {}", l[0].change);
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub struct Frame {
     pub native: Option<(u32, u32)>,
     /// When the appsink handed it over (frame age = captured.elapsed()).
     pub captured: Instant,
+    /// The first frame of a new run of the source (after a reconnect, a restarted pipeline
+    /// or a file started again): it does not follow the frame before it, so frame-to-frame
+    /// references (the onset jump, tracks, the pixel change) restart here.
+    pub resumed: bool,
 }
 
 /// Pixels and timestamp copied out of one RGB sample.

@@ -507,6 +507,7 @@ impl Deliver {
             Some(ns) if !self.wall_clock => ns / 1_000_000,
             _ => since.as_millis() as u64,
         };
+        let resumed = self.offset.is_none() && self.resumes();
         let pts_ms = self.stream_time(raw_ms, captured);
         if !self.keep(index, pts_ms) {
             self.stats.skipped.fetch_add(1, Ordering::Relaxed);
@@ -522,6 +523,7 @@ impl Deliver {
             rgb: px.rgb,
             native: self.native_size(),
             captured,
+            resumed,
         });
         if self.drop_when_full {
             if self.tx.capacity().is_none() && self.tx.len() >= UNBOUNDED_LIVE_CAP {
@@ -557,6 +559,14 @@ impl Deliver {
         debug!(camera = %self.camera, "consumer gone; stopping");
         self.stop.store(true, Ordering::SeqCst);
         gst::FlowError::Flushing
+    }
+
+    /// Whether an earlier run of this source delivered frames (this run continues its timeline).
+    fn resumes(&self) -> bool {
+        self.timeline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
     }
 
     /// Maps this run's PTS onto the source's never-decreasing timeline.

@@ -82,6 +82,16 @@ impl CameraPipeline {
         f: Frame,
     ) -> anyhow::Result<()> {
         let t0 = Instant::now();
+        if f.resumed {
+            // A reconnect or a file started again: the frame does not follow the last one, so
+            // the jump, the pixel change and the tracks would read the gap as an attack.
+            self.state.stream_gap();
+            self.prev_thumb = None;
+            if let Some(v) = &mut self.vanish {
+                v.reset();
+            }
+            tracing::debug!(camera = %self.plan.name, pts_ms = f.pts_ms, "stream resumed: references restarted");
+        }
         let (w, h) = (f.width, f.height);
         // Without caps (a source that scales before the tail queue) the model frame's own size.
         let native = f.native.unwrap_or((w * overlay::SCALE, h * overlay::SCALE));

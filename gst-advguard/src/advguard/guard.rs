@@ -263,15 +263,20 @@ impl Scorer {
         self.guard.backend().to_string()
     }
 
-    /// Scores one tight size × size RGB8 frame. `media` asks for the peak snapshot and heat
-    /// map PNG of events (alert sinks carry them); `heat` for the overlay's heat map.
+    /// Scores one tight size × size RGB8 frame. `resumed`: it follows a discontinuity, so
+    /// the onset jump restarts from it. `media` asks for the peak snapshot and heat map PNG of
+    /// events (alert sinks carry them); `heat` for the overlay's heat map.
     pub fn score(
         &mut self,
         rgb: Vec<u8>,
         pts_ms: u64,
+        resumed: bool,
         media: bool,
         heat: bool,
     ) -> Result<Scored, String> {
+        if resumed {
+            self.detector.stream_gap();
+        }
         let s = self.size();
         let mut rgb = rgb;
         let mut injected = false;

@@ -76,6 +76,9 @@ enum Job {
         index: u64,
         width: u32,
         height: u32,
+        /// The buffer follows a discontinuity (flag DISCONT after the first buffer: a seek,
+        /// a flush, lost packets, a source that restarted).
+        resumed: bool,
     },
     /// Score what is queued, end the open event, then answer.
     Drain(Sender<()>),
@@ -92,6 +95,8 @@ struct State {
     overlay: bool,
     leaky: bool,
     index: u64,
+    /// A DISCONT buffer arrived since the last frame sent for scoring.
+    resumed: bool,
     started: Instant,
 }
 
@@ -346,7 +351,8 @@ fn work(mut scorer: Scorer, rx: Receiver<Job>, ctx: WorkerCtx) {
                 index,
                 width,
                 height,
-            } => match scorer.score(rgb, pts_ms, media, ctx.overlay) {
+                resumed,
+            } => match scorer.score(rgb, pts_ms, resumed, media, ctx.overlay) {
                 Ok(mut s) => {
                     ctx.counters.scored.fetch_add(1, Ordering::SeqCst);
                     for ev in std::mem::take(&mut s.events) {
@@ -498,6 +504,7 @@ impl Advguard {
             overlay: settings.overlay,
             leaky: settings.leaky,
             index: 0,
+            resumed: false,
             started: Instant::now(),
         };
         Ok((state, summary))
@@ -610,6 +617,8 @@ impl BaseTransformImpl for Advguard {
         self.counters.received.fetch_add(1, Ordering::SeqCst);
         let pts = pts_ms(buf, st.started);
         let take = index % st.every_nth == 0;
+        // Skipped frames between a DISCONT buffer and the next scored one carry it on.
+        st.resumed |= index > 0 && buf.flags().contains(gst::BufferFlags::DISCONT);
         if !take {
             self.counters.skipped.fetch_add(1, Ordering::SeqCst);
         }
@@ -672,6 +681,7 @@ impl BaseTransformImpl for Advguard {
                 index,
                 width: w,
                 height: h,
+                resumed: std::mem::take(&mut st.resumed),
             };
             let sent = if st.leaky {
                 match tx.try_send(job) {

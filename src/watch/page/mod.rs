@@ -23,6 +23,12 @@ pub const INDEX_HTML: &str = include_str!("index.html");
 /// Events kept for the page (the newest; older ones drop off).
 pub const MAX_EVENTS: usize = 30;
 
+/// Bytes of event pictures (snapshots and heat maps) the page keeps; older events keep
+/// their text and lose their pictures first. Without it the list's pictures grow the live
+/// heap by ~5 MB as it fills (a heat map is ~140 kB), which the hour soak read as a creep
+/// (docs/RELIABILITY.md). The alert sinks and the spool carry every event's pictures anyway.
+pub const MAX_EVENT_IMAGE_BYTES: usize = 2 << 20;
+
 /// What a camera's latest scored frame leaves for the page.
 #[derive(Debug, Clone)]
 pub struct Latest {
@@ -129,21 +135,32 @@ impl PageBoard {
             .iter_mut()
             .find(|s| s.latest.event_id == ev.event_id)
         {
-            slot.latest = ev.clone();
+            slot.latest = text_only(ev);
             if ev.snapshot_jpeg.is_some() {
                 slot.snapshot = ev.snapshot_jpeg.clone();
             }
             if ev.heatmap_png.is_some() {
                 slot.heatmap = ev.heatmap_png.clone();
             }
-            return;
+        } else {
+            g.events.push_front(EventSlot {
+                latest: text_only(ev),
+                snapshot: ev.snapshot_jpeg.clone(),
+                heatmap: ev.heatmap_png.clone(),
+            });
+            g.events.truncate(MAX_EVENTS);
         }
-        g.events.push_front(EventSlot {
-            latest: ev.clone(),
-            snapshot: ev.snapshot_jpeg.clone(),
-            heatmap: ev.heatmap_png.clone(),
-        });
-        g.events.truncate(MAX_EVENTS);
+        let mut budget = MAX_EVENT_IMAGE_BYTES;
+        for s in g.events.iter_mut() {
+            for img in [&mut s.snapshot, &mut s.heatmap] {
+                let n = img.as_ref().map_or(0, |b| b.len());
+                if n > budget {
+                    *img = None;
+                } else {
+                    budget -= n;
+                }
+            }
+        }
     }
 
     /// The latest explain picture of `camera` as JPEG; `None` before its first frame or for
@@ -329,6 +346,15 @@ pub fn urldecode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The event without its pictures: the slot keeps those, once, under the byte budget.
+fn text_only(ev: &Event) -> Event {
+    Event {
+        snapshot_jpeg: None,
+        heatmap_png: None,
+        ..ev.clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,5 +366,52 @@ mod tests {
         }
         assert_eq!(urldecode("%zz"), None);
         assert_eq!(urldecode("%4"), None);
+    }
+
+    fn event(n: usize, phase: &str, pictures: bool) -> Event {
+        let mut ev: Event = serde_json::from_value(serde_json::json!({
+            "id": format!("e{n}-0"), "event_id": format!("e{n}"), "phase": phase, "seq": 0,
+            "camera": "cam", "model": "m", "detector": "onset", "time": "t", "start_time": "t",
+            "start_pts_ms": 0, "pts_ms": 0, "score": 1.0, "peak_score": 1.0, "peak_pts_ms": 0,
+            "threshold": 0.5, "frames_over": 1, "top1": null, "bbox": null,
+        }))
+        .unwrap();
+        if pictures {
+            ev.snapshot_jpeg = Some(Arc::new(vec![n as u8; 100_000]));
+            ev.heatmap_png = Some(Arc::new(vec![n as u8; 300_000]));
+        }
+        ev
+    }
+
+    fn picture_bytes(b: &PageBoard) -> usize {
+        let g = b.lock();
+        g.events
+            .iter()
+            .map(|s| {
+                assert!(s.latest.snapshot_jpeg.is_none() && s.latest.heatmap_png.is_none());
+                [&s.snapshot, &s.heatmap]
+                    .iter()
+                    .map(|i| i.as_ref().map_or(0, |v| v.len()))
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// The page's pictures stay under their byte budget however many events come; the
+    /// newest events keep theirs, an update without pictures keeps the start's.
+    #[test]
+    fn event_pictures_are_bounded_newest_first() {
+        let b = PageBoard::new(["cam"]);
+        for n in 0..40 {
+            b.event(&event(n, "start", true));
+            assert!(picture_bytes(&b) <= MAX_EVENT_IMAGE_BYTES);
+        }
+        assert_eq!(b.lock().events.len(), MAX_EVENTS);
+        assert!(picture_bytes(&b) > MAX_EVENT_IMAGE_BYTES / 2);
+        assert!(b.snapshot("e39").is_some() && b.heatmap("e39").is_some());
+        assert!(b.snapshot("e20").is_none() && b.heatmap("e20").is_none());
+        b.event(&event(39, "end", false));
+        assert_eq!(b.heatmap("e39").unwrap()[0], 39);
+        assert_eq!(b.lock().events[0].latest.phase, Phase::End);
     }
 }
