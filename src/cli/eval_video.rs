@@ -37,8 +37,8 @@ pub struct Args {
     /// False-alarm budget per camera-hour, shared by the signals.
     #[arg(long, default_value_t = 0.1)]
     pub budget: f64,
-    /// Onset reference: mean (of the last 3 frames) or previous (frame).
-    #[arg(long, default_value = "mean", value_parser = parse_reference)]
+    /// Onset reference: previous (frame) or mean (of the last 3 frames).
+    #[arg(long, default_value = "previous", value_parser = parse_reference)]
     pub reference: OnsetReference,
     /// Patch PNG for the patch kinds (e.g. DIR/patch.png from `advguard attack --attack patch -o DIR`).
     #[arg(long)]

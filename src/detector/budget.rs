@@ -7,7 +7,7 @@
 //! 1. replay the clean footage through the detector with that signal alone and get, for every
 //!    frame, its **fire score**: the largest threshold at which the signal's rule would fire
 //!    on that frame (k of n: the k-th largest of the last n scores; onset: the jump, capped by
-//!    the confirming frame's score over the end-threshold ratio);
+//!    the next frame's jump from the reference before the jump, over the end-threshold ratio);
 //! 2. decluster: fire scores above a low level that come within `merge_ms` of each other are
 //!    one candidate event, represented by its peak;
 //! 3. the false-event rate at threshold t is (#peaks > t) / hours. Where the budget asks for
@@ -51,6 +51,16 @@ pub struct Sample {
 
 /// Per-frame scores of one signal on one session, as the detector computes them.
 pub fn signal_scores(session: &[Sample], cfg: &FusedConfig, kind: SignalKind) -> Vec<f64> {
+    signal_series(session, cfg, kind).0
+}
+
+/// Per-frame scores of one signal and, for the onset, each frame's confirmation score
+/// ([`FusedDetector::onset_confirm`]; zeros for the other signals).
+pub fn signal_series(
+    session: &[Sample],
+    cfg: &FusedConfig,
+    kind: SignalKind,
+) -> (Vec<f64>, Vec<f64>) {
     let mut c = cfg.clone();
     c.signals = vec![(
         kind,
@@ -68,9 +78,9 @@ pub fn signal_scores(session: &[Sample], cfg: &FusedConfig, kind: SignalKind) ->
                 &input(s, &FrameStats::scalar(s.entropy, s.concentration)),
                 &mut || (None, None),
             );
-            kind.score(&o.scores)
+            (kind.score(&o.scores), d.onset_confirm())
         })
-        .collect()
+        .unzip()
 }
 
 /// A detector input from a stored sample (no pixels, no box).
@@ -97,13 +107,14 @@ pub fn input<'a>(s: &'a Sample, stats: &'a FrameStats) -> FrameInput<'a> {
     }
 }
 
-/// Fire scores (see the module docs) of one session.
-fn fire_scores(scores: &[f64], kind: SignalKind, rule: &SignalConfig) -> Vec<f64> {
+/// Fire scores (see the module docs) of one session; `confirm` is the onset's confirmation
+/// series (unused by the other signals).
+fn fire_scores(scores: &[f64], confirm: &[f64], kind: SignalKind, rule: &SignalConfig) -> Vec<f64> {
     match kind {
         SignalKind::Onset => {
             let ratio = (rule.end_threshold / rule.threshold).clamp(1e-6, 1.0);
             (0..scores.len())
-                .map(|i| match scores.get(i + 1) {
+                .map(|i| match confirm.get(i + 1) {
                     Some(next) if rule.k >= 2 => scores[i].min(next / ratio),
                     Some(_) | None if rule.k <= 1 => scores[i],
                     _ => 0.0,
@@ -248,8 +259,8 @@ pub fn calibrate(sessions: &[Vec<Sample>], base: &FusedConfig, budget: f64) -> B
     for (kind, rule) in cfg.signals.iter_mut() {
         let mut all = Vec::new();
         for s in sessions {
-            let scores = signal_scores(s, base, *kind);
-            let fire = fire_scores(&scores, *kind, rule);
+            let (scores, confirm) = signal_series(s, base, *kind);
+            let fire = fire_scores(&scores, &confirm, *kind, rule);
             let pts: Vec<u64> = s.iter().map(|f| f.pts_ms).collect();
             all.extend(peaks(&fire, &pts, 0.0, base.merge_ms));
         }
@@ -318,7 +329,12 @@ mod tests {
     #[test]
     fn k_of_n_fire_score_is_the_kth_largest() {
         let rule = SignalConfig::default_for(SignalKind::Patch); // 3 of 5
-        let f = fire_scores(&[0.1, 0.9, 0.2, 0.8, 0.7, 0.1], SignalKind::Patch, &rule);
+        let f = fire_scores(
+            &[0.1, 0.9, 0.2, 0.8, 0.7, 0.1],
+            &[],
+            SignalKind::Patch,
+            &rule,
+        );
         assert_eq!(f[..2], [0.0, 0.0]);
         assert_eq!(f[4], 0.7);
         assert_eq!(f[5], 0.7);
@@ -339,6 +355,65 @@ mod tests {
         assert!(t2 > max, "{t2} vs {max}");
         // An exponential(1) tail: the rate falls by e per unit, so 100× fewer events ≈ ln(100) higher.
         assert!((t2 - t - (100f64).ln()).abs() < 1.5, "{t} → {t2}");
+    }
+
+    /// The onset's fire score is the threshold at which the live detector starts firing on
+    /// that frame, for both references: just under it the detector opens an event there, just
+    /// over it none (a calibration that modelled another confirmation rule fails this).
+    #[test]
+    fn onset_fire_score_is_where_the_live_detector_starts_firing() {
+        use super::super::fused::OnsetReference;
+        let dist = |k: usize, p: f32| {
+            let mut v = vec![(1.0 - p) / 9.0; 10];
+            v[k] = p;
+            v
+        };
+        // Flicker between two classes, then a stable attack (one target class, as targeted
+        // PGD) to the end: the frame after the jump does not jump, yet stays away.
+        let session: Vec<Sample> = (0..60u64)
+            .map(|i| Sample {
+                pts_ms: i * 100,
+                probs: if i >= 20 {
+                    dist(5, 0.8)
+                } else {
+                    dist(i as usize % 2, 0.6)
+                },
+                entropy: 1.0,
+                concentration: 0.1,
+                pixel_change: Some(1.0),
+                vanish: None,
+            })
+            .collect();
+        for reference in [OnsetReference::Previous, OnsetReference::Mean] {
+            let mut base = FusedConfig {
+                reference,
+                cut_threshold: None,
+                ..FusedConfig::default()
+            };
+            base.signals = vec![(
+                SignalKind::Onset,
+                SignalConfig::default_for(SignalKind::Onset),
+            )];
+            let rule = base.signals[0].1;
+            let (scores, confirm) = signal_series(&session, &base, SignalKind::Onset);
+            let fire = fire_scores(&scores, &confirm, SignalKind::Onset, &rule);
+            let top = fire.iter().cloned().fold(0.0, f64::max);
+            assert!(top > 0.5, "{reference:?}: no fire score ({fire:?})");
+            assert_eq!(
+                fire.iter().position(|&f| f == top),
+                Some(20),
+                "{reference:?}"
+            );
+            let ratio = rule.end_threshold / rule.threshold;
+            let at = |t: f64| {
+                let mut c = base.clone();
+                c.signals[0].1.threshold = t;
+                c.signals[0].1.end_threshold = t * ratio;
+                count_events(std::slice::from_ref(&session), &c)
+            };
+            assert_eq!(at(top * 0.99), 1, "{reference:?}: under the fire score");
+            assert_eq!(at(top * 1.01), 0, "{reference:?}: over the fire score");
+        }
     }
 
     #[test]

@@ -143,6 +143,55 @@ pub struct Judgement {
     pub thresholds: BTreeMap<String, String>,
     /// Test frames by pass (the cascade).
     pub cascade: CascadeCounts,
+    /// Per clip: where the false alarms come from.
+    pub clean_by_clip: BTreeMap<String, CleanStats>,
+}
+
+/// One clip's clean test time and the false alarms on it, by the signal that fired.
+#[derive(Debug, Clone, Default)]
+pub struct CleanStats {
+    /// Clean test stream time, hours.
+    pub hours: f64,
+    /// False events.
+    pub alarms: usize,
+    /// False events by the signal that opened them.
+    pub by_signal: BTreeMap<String, usize>,
+}
+
+impl Judgement {
+    /// False alarms per clean camera-hour, all clips.
+    pub fn false_alarms_per_hour(&self) -> f64 {
+        self.false_alarms as f64 / self.clean_hours.max(1e-9)
+    }
+
+    /// The per-clip false-alarm table: rate and the signals behind it.
+    pub fn clean_table(&self) -> Table {
+        let signals: Vec<String> = self
+            .clean_by_clip
+            .values()
+            .flat_map(|c| c.by_signal.keys().cloned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut head = vec!["clip", "clean hours", "false alarms", "per camera-hour"];
+        head.extend(signals.iter().map(String::as_str));
+        let mut t = Table::new(&head);
+        for (clip, c) in &self.clean_by_clip {
+            let mut row = vec![
+                clip.clone(),
+                format!("{:.2}", c.hours),
+                c.alarms.to_string(),
+                format!("{:.1}", c.alarms as f64 / c.hours.max(1e-9)),
+            ];
+            row.extend(
+                signals
+                    .iter()
+                    .map(|k| c.by_signal.get(k).copied().unwrap_or(0).to_string()),
+            );
+            t.rows.push(row);
+        }
+        t
+    }
 }
 
 /// Calibrates per clip on its calibration sessions.
@@ -190,12 +239,16 @@ pub fn judge(
             .plan
             .stretch
             .map_or((u64::MAX, u64::MAX), |st| (st.start_ms, st.end_ms + 1000));
-        j.clean_hours +=
-            dur.saturating_sub(attack_hi.saturating_sub(attack_lo).min(dur)) as f64 / 3.6e6;
+        let hours = dur.saturating_sub(attack_hi.saturating_sub(attack_lo).min(dur)) as f64 / 3.6e6;
+        j.clean_hours += hours;
+        let clean = j.clean_by_clip.entry(s.clip.clone()).or_default();
+        clean.hours += hours;
         for e in &starts {
             // The start message is sent at the frame it fired; its pts_ms is that frame.
             if !(attack_lo..attack_hi).contains(&e.pts_ms) {
                 j.false_alarms += 1;
+                clean.alarms += 1;
+                *clean.by_signal.entry(e.detector.clone()).or_default() += 1;
             }
         }
         let Some(st) = s.plan.stretch else {
@@ -281,7 +334,7 @@ pub fn cascade_table(
                 (
                     format!("{:.2}", c.guard as f64 / all),
                     format!("{:.2}", c.escalated as f64 / c.guard.max(1) as f64),
-                    format!("{:.2}", j.false_alarms as f64 / j.clean_hours.max(1e-9)),
+                    format!("{:.2}", j.false_alarms_per_hour()),
                 )
             } else {
                 Default::default()
@@ -401,11 +454,7 @@ pub fn tradeoff(
                 n += k.n;
                 fast += k.latency_frames.iter().filter(|&&l| l <= 5.0).count();
             }
-            (
-                a,
-                j.false_alarms as f64 / j.clean_hours.max(1e-9),
-                fast as f64 / n.max(1) as f64,
-            )
+            (a, j.false_alarms_per_hour(), fast as f64 / n.max(1) as f64)
         })
         .collect()
 }

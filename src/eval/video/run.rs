@@ -347,8 +347,14 @@ fn report(
         "**False alarms: {} in {:.2} clean camera-hours = {:.2} per camera-hour.**\n",
         j.false_alarms,
         j.clean_hours,
-        j.false_alarms as f64 / j.clean_hours.max(1e-9)
+        j.false_alarms_per_hour()
     );
+    let _ = writeln!(
+        s,
+        "False alarms per clip, by the signal that opened them:\n"
+    );
+    s.push_str(&j.clean_table().to_markdown());
+    let _ = writeln!(s, "\nAttacked stretches:\n");
     s.push_str(&judge::table(j).to_markdown());
     let _ = writeln!(s, "\nThresholds per clip (calibrated):\n");
     for (clip, t) in &j.thresholds {
