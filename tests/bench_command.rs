@@ -1,5 +1,5 @@
-//! `advguard bench` end to end, short: the interleaved pass table and the live-stream rows
-//! with and without the cascade (the numbers themselves are for docs/, not asserted: this
+//! `advguard bench` end to end, short: the interleaved pass table, the batching probe and the
+//! live-stream rows with and without the cascade (the numbers themselves are for docs/, not asserted: this
 //! machine is shared). A real 30-fps stream is the real clip re-timed by GStreamer.
 
 use std::process::Command;
@@ -52,6 +52,16 @@ fn bench_reports_passes_and_streams_with_and_without_the_cascade() {
         let r = row(&out, pass, "").unwrap_or_else(|| panic!("no {pass} row in\n{out}"));
         let ms: f64 = r[1].parse().unwrap();
         assert!(ms > 0.0 && ms.is_finite(), "{r:?}");
+    }
+    // The batching probe: both graphs batch on tract and pass the check against single runs
+    // (a graph that fails it says "does not batch"); the ratio itself is for docs/.
+    for pass in ["forward × 2", "guard × 2"] {
+        let r = row(&out, pass, "").unwrap_or_else(|| panic!("no {pass} row in\n{out}"));
+        let ratio: f64 = r[3]
+            .trim_end_matches('×')
+            .parse()
+            .unwrap_or_else(|_| panic!("{pass}: {r:?}"));
+        assert!(ratio > 0.0 && ratio.is_finite(), "{r:?}");
     }
     for every in ["auto", "1"] {
         let r = row(&out, "1", every).unwrap_or_else(|| panic!("no 1-stream {every} row\n{out}"));

@@ -32,6 +32,10 @@ pub struct Args {
     /// Engine workers at most (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Batch sizes probed against one frame at a time: does batching across cameras pay on
+    /// this backend? (empty to skip)
+    #[arg(long, value_delimiter = ',', default_value = "2,4")]
+    pub batch: Vec<usize>,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -52,6 +56,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         seconds: args.seconds,
         guard_every: args.guard_every,
         cores: args.workers.unwrap_or_else(super::watch::default_workers),
+        batches: args.batch.clone(),
     };
     let report = bench::run(&o)?;
     print!("{}", report.to_markdown());

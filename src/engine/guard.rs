@@ -120,37 +120,18 @@ enum Forward {
 impl Guard {
     /// Resolves the model, compiles its guard graph and plans it on the chosen backend.
     pub fn open(manifest: &Manifest, opts: &GuardOptions) -> Result<Guard, GuardError> {
-        let model_path = manifest.resolve_model(opts.model_path.as_deref())?;
-        let model = crate::onnx::load(&model_path)?;
-        let s = manifest.preprocess.size as usize;
-        let shape = [1, 3, s, s];
-        check_input(&model, manifest, &model_path, shape)?;
-        let classes = super::detect::check_model(&model, manifest, &model_path)?;
+        let g = graphs(manifest, opts)?;
         let backend = opts.backend.resolve();
-        let mut forward = Forward::Same;
-        let graph = match &opts.compile {
-            Some(c) => {
-                forward = Forward::Pending(Box::new(model.clone()), backend);
-                let mut c = c.clone();
-                c.input_shape.get_or_insert(shape);
-                c.target = match backend {
-                    BackendKind::Tract => compile::Target::Tract,
-                    _ => compile::Target::OnnxRuntime,
-                };
-                if c.seed == compile::Seed::LastConv
-                    && let Some(seed) = manifest.default_seed()
-                {
-                    c.seed = seed;
-                }
-                compile::compile(&model, &c)?
-            }
-            None => model,
+        let engine = open_engine(&g.guard, &manifest.input, g.shape, backend)?;
+        let labels = manifest.labels(g.classes);
+        let forward = if opts.compile.is_some() {
+            Forward::Pending(Box::new(g.model), backend)
+        } else {
+            Forward::Same
         };
-        let engine = open_engine(&graph, &manifest.input, shape, backend)?;
-        let labels = manifest.labels(classes);
         Ok(Guard {
             manifest: manifest.clone(),
-            model_path,
+            model_path: g.model_path,
             engine,
             labels,
             calls: 0,
@@ -330,6 +311,54 @@ fn check_input(
         }
     }
     Ok(())
+}
+
+/// The graphs a guard runs, before any backend plans them.
+pub struct GuardGraphs {
+    /// Where the model was found.
+    pub model_path: PathBuf,
+    /// The model as loaded (the cascade's forward pass).
+    pub model: crate::onnx::ModelProto,
+    /// The guard graph (the model itself when nothing is compiled).
+    pub guard: crate::onnx::ModelProto,
+    /// The input shape, 1×3×size×size.
+    pub shape: [usize; 4],
+    /// Classes the model scores.
+    pub classes: usize,
+}
+
+/// Resolves and checks the model and compiles its guard graph for the chosen backend.
+pub fn graphs(manifest: &Manifest, opts: &GuardOptions) -> Result<GuardGraphs, GuardError> {
+    let model_path = manifest.resolve_model(opts.model_path.as_deref())?;
+    let model = crate::onnx::load(&model_path)?;
+    let s = manifest.preprocess.size as usize;
+    let shape = [1, 3, s, s];
+    check_input(&model, manifest, &model_path, shape)?;
+    let classes = super::detect::check_model(&model, manifest, &model_path)?;
+    let guard = match &opts.compile {
+        Some(c) => {
+            let mut c = c.clone();
+            c.input_shape.get_or_insert(shape);
+            c.target = match opts.backend.resolve() {
+                BackendKind::Tract => compile::Target::Tract,
+                _ => compile::Target::OnnxRuntime,
+            };
+            if c.seed == compile::Seed::LastConv
+                && let Some(seed) = manifest.default_seed()
+            {
+                c.seed = seed;
+            }
+            compile::compile(&model, &c)?
+        }
+        None => model.clone(),
+    };
+    Ok(GuardGraphs {
+        model_path,
+        model,
+        guard,
+        shape,
+        classes,
+    })
 }
 
 /// Plans a graph on a backend.

@@ -4,6 +4,7 @@
 //! forward ONNX ops, so every backend runs forward + (guided) backward in one call.
 //! Backends only see ONNX bytes; the compiler only sees the ONNX IR (`crate::onnx`).
 
+pub mod batch;
 pub mod compile;
 pub mod detect;
 pub mod guard;
@@ -104,7 +105,7 @@ pub trait Engine: Send {
     fn backend(&self) -> &str;
     /// The model input shape, N×C×H×W.
     fn input_shape(&self) -> [usize; 4];
-    /// Runs one preprocessed input (N must be 1). `seed` is required iff the graph
+    /// Runs one preprocessed input (N as in [`Engine::input_shape`]). `seed` is required iff the graph
     /// was compiled with `Seed::Input`, and has the shape of `logits` (1×classes).
     fn run(
         &mut self,

@@ -45,6 +45,20 @@ pub struct BenchOptions {
     pub guard_every: GuardEvery,
     /// Engine workers: at most this many (and one per stream).
     pub cores: usize,
+    /// Batch sizes probed against one image at a time (empty: no probe).
+    pub batches: Vec<usize>,
+}
+
+/// One batch size of one pass, against the same pass one image at a time.
+#[derive(Debug, Clone)]
+pub struct BatchRow {
+    /// "forward" or "guard".
+    pub pass: &'static str,
+    /// Batch size.
+    pub n: usize,
+    /// Median per-frame ms of the batched call and of n single calls, interleaved; or why the
+    /// graph does not batch.
+    pub result: Result<(f64, f64), String>,
 }
 
 /// Medians of the interleaved passes, milliseconds.
@@ -105,6 +119,8 @@ pub struct BenchReport {
     pub rows: Vec<StreamRow>,
     /// Stream frame rate.
     pub fps: f64,
+    /// The batching probe.
+    pub batches: Vec<BatchRow>,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -188,6 +204,74 @@ fn passes(o: &BenchOptions) -> anyhow::Result<PassTimes> {
             _ => (!ort.is_empty()).then(|| median(&mut ort)),
         },
     })
+}
+
+/// Does batching across cameras pay on this backend? Each pass (the forward graph and the
+/// guard graph) is rewritten for batch n ([`crate::engine::batch`]), checked against single
+/// runs, then timed alternately with n single calls.
+fn batching(o: &BenchOptions) -> anyhow::Result<Vec<BatchRow>> {
+    use crate::engine::batch::{check_batch, stack, with_batch};
+    use crate::engine::guard::{graphs, open_engine};
+    if o.batches.is_empty() {
+        return Ok(Vec::new());
+    }
+    let manifest = Manifest::load(&o.model)?;
+    let g = graphs(&manifest, &o.guard)?;
+    let backend = o.guard.backend.resolve();
+    let s = manifest.preprocess.size;
+    let frame: Vec<u8> = (0..(s * s * 3) as usize)
+        .map(|i| ((i * 7919) % 251) as u8)
+        .collect();
+    let one = manifest.preprocess.tensor_from_rgb8(&frame, s, s)?;
+    let mut passes = vec![("forward", &g.model)];
+    if o.guard.compile.is_some() {
+        passes.push(("guard", &g.guard));
+    }
+    let mut rows = Vec::new();
+    for (pass, graph) in passes {
+        let mut single = open_engine(graph, &manifest.input, g.shape, backend)?;
+        for &n in o.batches.iter().filter(|&&n| n >= 2) {
+            let mut shape = g.shape;
+            shape[0] = n;
+            let batched = with_batch(graph, &manifest.input, n)
+                .map_err(|e| e.to_string())
+                .and_then(|(m, _)| {
+                    open_engine(&m, &manifest.input, shape, backend).map_err(|e| e.to_string())
+                })
+                .and_then(|mut b| {
+                    check_batch(single.as_mut(), b.as_mut(), &one, n)
+                        .map(|()| b)
+                        .map_err(|e| e.to_string())
+                });
+            let result = match batched {
+                Err(e) => Err(e),
+                Ok(mut b) => {
+                    let x = stack(&one, n);
+                    let (mut bt, mut st) = (Vec::new(), Vec::new());
+                    for i in 0..o.pairs.div_ceil(n) + 2 {
+                        let t = Instant::now();
+                        b.run(x.view(), None)?;
+                        let tb = t.elapsed().as_secs_f64() * 1e3 / n as f64;
+                        let t = Instant::now();
+                        for _ in 0..n {
+                            single.run(one.view(), None)?;
+                        }
+                        let ts = t.elapsed().as_secs_f64() * 1e3 / n as f64;
+                        if i >= 2 {
+                            bt.push(tb);
+                            st.push(ts);
+                        }
+                    }
+                    Ok((median(&mut bt), median(&mut st)))
+                }
+            };
+            if let Err(e) = &result {
+                tracing::warn!(pass, n, "batch probe: {e}");
+            }
+            rows.push(BatchRow { pass, n, result });
+        }
+    }
+    Ok(rows)
 }
 
 fn plan(o: &BenchOptions, streams: usize, every: GuardEvery, speed: f64) -> WatchPlan {
@@ -288,6 +372,7 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<BenchReport> {
     }
     let speed = o.fps / crate::source::file_framerate(&o.video)?;
     let passes = passes(o)?;
+    let batches = batching(o)?;
     let mut rows = Vec::new();
     for &n in &o.streams {
         for every in [o.guard_every, GuardEvery::Every(1)] {
@@ -309,6 +394,7 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<BenchReport> {
         passes,
         rows,
         fps: o.fps,
+        batches,
     })
 }
 
@@ -346,6 +432,24 @@ impl BenchReport {
                 "| reference: ONNX Runtime CPU forward | {r:.1} | {:.0} |",
                 1e3 / r
             );
+        }
+        if !self.batches.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n| batching (checked against single runs; interleaved, median) | ms per frame, batched | ms per frame, one at a time | batched / single |\n|---|---|---|---|"
+            );
+            for b in &self.batches {
+                let _ = match &b.result {
+                    Ok((bt, st)) => writeln!(
+                        s,
+                        "| {} × {} | {bt:.2} | {st:.2} | {:.2}× |",
+                        b.pass,
+                        b.n,
+                        bt / st.max(1e-9)
+                    ),
+                    Err(e) => writeln!(s, "| {} × {} | does not batch: {e} | | |", b.pass, b.n),
+                };
+            }
         }
         let _ = writeln!(
             s,
