@@ -40,6 +40,9 @@ pub struct Args {
     /// Onset reference: previous (frame) or mean (of the last 3 frames).
     #[arg(long, default_value = "previous", value_parser = parse_reference)]
     pub reference: OnsetReference,
+    /// Do not discount onset jumps that the pixel change explains (the motion scale).
+    #[arg(long)]
+    pub no_motion_discount: bool,
     /// Patch PNG for the patch kinds (e.g. DIR/patch.png from `advguard attack --attack patch -o DIR`).
     #[arg(long)]
     pub patch: Option<PathBuf>,
@@ -122,10 +125,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ..VideoEvalConfig::default()
     };
     let manifest = Manifest::load(&args.model.model_name)?;
-    let detector = FusedConfig {
+    let mut detector = FusedConfig {
         reference: args.reference,
         ..FusedConfig::default()
     };
+    if args.no_motion_discount {
+        detector.motion_scale = None;
+    }
     let opts = RunOptions {
         manifest,
         guard: GuardOptions {

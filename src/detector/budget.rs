@@ -208,6 +208,21 @@ pub fn threshold_for_rate(peaks: &[f64], hours: f64, budget: f64) -> (f64, f64, 
     )
 }
 
+/// The camera's usual pixel change: the median over the clean frames that have one (at least
+/// 0.1 gray levels, so a frozen test pattern does not discount every jump); `None` without any.
+pub fn motion_scale(sessions: &[Vec<Sample>]) -> Option<f64> {
+    let mut v: Vec<f64> = sessions
+        .iter()
+        .flat_map(|s| s.iter().skip(1).filter_map(|f| f.pixel_change))
+        .filter(|c| c.is_finite())
+        .collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2].max(0.1))
+}
+
 /// Events (starts) the detector gives on clean sessions.
 pub fn count_events(sessions: &[Vec<Sample>], cfg: &FusedConfig) -> u32 {
     let mut n = 0;
@@ -255,6 +270,15 @@ pub fn calibrate(sessions: &[Vec<Sample>], base: &FusedConfig, budget: f64) -> B
         ));
     }
     let mut cfg = base.clone();
+    if base.motion_scale.is_some() {
+        cfg.motion_scale = motion_scale(sessions);
+        if let Some(m) = cfg.motion_scale {
+            notes.push(format!(
+                "onset: motion scale {m:.2} gray levels (median pixel change of the clean frames)"
+            ));
+        }
+    }
+    let base = &cfg.clone();
     let mut signals = BTreeMap::new();
     for (kind, rule) in cfg.signals.iter_mut() {
         let mut all = Vec::new();
@@ -315,6 +339,7 @@ pub fn calibrate(sessions: &[Vec<Sample>], base: &FusedConfig, budget: f64) -> B
             reference: cfg.reference,
             reference_frames: cfg.reference_frames,
             cut_threshold: cfg.cut_threshold,
+            motion_scale: cfg.motion_scale,
             signals,
         },
         config: cfg,

@@ -153,6 +153,10 @@ pub struct FusedProfile {
     /// Scene-cut threshold, gray levels.
     #[serde(default)]
     pub cut_threshold: Option<f64>,
+    /// The camera's usual pixel change, gray levels (the onset's motion discount); absent in
+    /// profiles calibrated before it existed, whose thresholds were set without it.
+    #[serde(default)]
+    pub motion_scale: Option<f64>,
     /// Per signal.
     pub signals: BTreeMap<SignalKind, SignalProfile>,
 }
