@@ -89,7 +89,7 @@ fn calibration_and_test_footage_are_disjoint() {
 
 /// Scores frames of a hard cut (the street, then the bottles) through the guard and the
 /// fused detector.
-fn cut_events(cut_threshold: Option<f64>) -> (usize, u64) {
+fn cut_events(cut_threshold: Option<f64>, motion_scale: Option<f64>) -> (usize, u64) {
     let car = Clip::decode(&clip_path("car-detection.mp4"), 224, Some(12.5)).unwrap();
     let bottles = Clip::decode(&clip_path("bottle-detection.mp4"), 224, Some(12.5)).unwrap();
     let mut g = Guard::open(&Manifest::load("squeezenet1.1").unwrap(), &guard_options()).unwrap();
@@ -99,6 +99,7 @@ fn cut_events(cut_threshold: Option<f64>) -> (usize, u64) {
         .collect();
     let cfg = FusedConfig {
         cut_threshold,
+        motion_scale,
         ..FusedConfig::default()
     };
     let mut d = FusedDetector::new("cam", "squeezenet1.1", cfg);
@@ -128,10 +129,12 @@ fn cut_events(cut_threshold: Option<f64>) -> (usize, u64) {
 fn a_hard_cut_restarts_the_onset_reference_instead_of_alarming() {
     // Documented rule (docs/STREAMING.md): a frame whose pixels change by more than the cut
     // threshold is a scene cut; the onset signal restarts from it.
-    let (events, cuts) = cut_events(Some(advguard::detector::fused::DEFAULT_CUT_THRESHOLD));
+    use advguard::detector::fused::{DEFAULT_CUT_THRESHOLD, DEFAULT_MOTION_SCALE};
+    let (events, cuts) = cut_events(Some(DEFAULT_CUT_THRESHOLD), Some(DEFAULT_MOTION_SCALE));
     assert_eq!((events, cuts), (0, 1));
-    // Without cut detection the same footage alarms: the class jump at the cut is real.
-    let (events, cuts) = cut_events(None);
+    // Without cut detection and without the motion discount (which explains a cut's jump by
+    // its pixel change as well) the same footage alarms: the class jump at the cut is real.
+    let (events, cuts) = cut_events(None, None);
     assert_eq!(cuts, 0);
     assert!(
         events >= 1,
@@ -182,17 +185,37 @@ fn calibrated_clean_footage_is_quiet_and_attacks_are_caught_by_the_onset_signal(
         "pgd-4: one attack, one event:\n{}",
         s.markdown
     );
-    // FGSM-4's onset stands out of every clean jump of the test footage (whether it clears a
-    // threshold calibrated on half a minute is another matter: docs/EVAL.md has the hour).
-    let margin: f64 = s
-        .markdown
-        .lines()
-        .skip_while(|l| !l.starts_with("Onset margin"))
-        .find(|l| l.starts_with("| fgsm-4 |"))
-        .and_then(|l| l.split('|').nth(2))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no fgsm-4 margin in\n{}", s.markdown));
-    assert!(margin > 1.0, "fgsm-4 onset margin {margin}");
+    // FGSM-4's class jump stands out of every clean jump of the test footage (whether it
+    // clears a threshold calibrated on half a minute is another matter: docs/EVAL.md has the
+    // hour). Read without the motion discount: this stretch starts while cars pass (pixel change
+    // 3.6 gray levels at its first frame, against the clip's median 0.38), and the discount
+    // takes its margin with it, the price docs/EVAL.md states. Re-judged from the stored sessions.
+    let plain = RunOptions {
+        detector: FusedConfig {
+            motion_scale: None,
+            ..FusedConfig::default()
+        },
+        ..opts.clone()
+    };
+    let s_plain = run(&cfg, &plain).unwrap();
+    let margin = |md: &str| -> f64 {
+        md.lines()
+            .skip_while(|l| !l.starts_with("Onset margin"))
+            .find(|l| l.starts_with("| fgsm-4 |"))
+            // The default reference's column: the previous frame.
+            .and_then(|l| l.split('|').nth(3))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no fgsm-4 margin in\n{md}"))
+    };
+    let (m_plain, m_default) = (margin(&s_plain.markdown), margin(&s.markdown));
+    assert!(
+        m_plain > 1.0,
+        "fgsm-4 onset margin {m_plain} without the discount"
+    );
+    assert!(
+        m_default < m_plain,
+        "the discount should lower this stretch's margin: {m_default} vs {m_plain}"
+    );
     // The cascade replay: at k = 3 fewer frames get the guard pass, and the onset still
     // catches the PGD stretch (it reads only the class distribution).
     let rows: Vec<Vec<String>> = s
