@@ -54,8 +54,8 @@ pub fn signal_scores(session: &[Sample], cfg: &FusedConfig, kind: SignalKind) ->
     signal_series(session, cfg, kind).0
 }
 
-/// Per-frame scores of one signal and, for the onset, each frame's confirmation score
-/// ([`FusedDetector::onset_confirm`]; zeros for the other signals).
+/// Per-frame scores of one signal and each frame's onset confirmation score
+/// ([`FusedDetector::onset_confirm`]; only the onset's fire score reads it).
 pub fn signal_series(
     session: &[Sample],
     cfg: &FusedConfig,
