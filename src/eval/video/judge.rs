@@ -597,22 +597,19 @@ fn save_png(path: &Path, buf: Vec<u8>, w: u32, h: u32) -> anyhow::Result<()> {
 
 /// The onset margin: per stretch kind, the median over stretches of the largest onset score in
 /// the first 5 frames of the stretch, divided by the largest onset score on the clean test
-/// footage of the same clip. Above 1 the onset stands out from every clean jump.
-pub fn onset_margins(sessions: &[SessionRec], base: &FusedConfig) -> BTreeMap<StretchKind, f64> {
+/// footage of the same clip. Above 1 the onset stands out from every clean jump. `cfgs` are the
+/// clips' calibrations: each clip's motion scale comes from there.
+pub fn onset_margins(
+    sessions: &[SessionRec],
+    base: &FusedConfig,
+    cfgs: &BTreeMap<String, (FusedConfig, Vec<String>)>,
+) -> BTreeMap<StretchKind, f64> {
     let mut clean_max: BTreeMap<String, f64> = BTreeMap::new();
     let mut peaks: Vec<(String, StretchKind, f64)> = Vec::new();
-    // Each clip's motion scale, as its calibration measures it.
-    let mut cal: BTreeMap<&str, Vec<Vec<Sample>>> = BTreeMap::new();
-    for s in sessions.iter().filter(|s| s.plan.part == Part::Calibration) {
-        cal.entry(&s.clip).or_default().push(samples(s));
-    }
     for s in sessions.iter().filter(|s| s.plan.part == Part::Test) {
         let mut cfg = base.clone();
-        if cfg.motion_scale.is_some() {
-            cfg.motion_scale = cal
-                .get(s.clip.as_str())
-                .and_then(|c| budget::motion_scale(c))
-                .or(cfg.motion_scale);
+        if let Some((c, _)) = cfgs.get(&s.clip) {
+            cfg.motion_scale = c.motion_scale;
         }
         let scores = budget::signal_scores(&samples(s), &cfg, crate::detector::SignalKind::Onset);
         let (lo, hi) = s

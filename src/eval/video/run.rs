@@ -278,8 +278,8 @@ pub fn run(cfg: &VideoEvalConfig, opts: &RunOptions) -> anyhow::Result<RunSummar
     let mut mean = opts.detector.clone();
     mean.reference = crate::detector::fused::OnsetReference::Mean;
     let (m1, m2) = (
-        judge::onset_margins(&sessions, &mean),
-        judge::onset_margins(&sessions, &prev),
+        judge::onset_margins(&sessions, &mean, &cfgs),
+        judge::onset_margins(&sessions, &prev, &cfgs),
     );
     for (k, v) in &m1 {
         let _ = writeln!(
