@@ -107,7 +107,8 @@ fn cut_events(cut_threshold: Option<f64>, motion_scale: Option<f64>) -> (usize, 
     let mut starts = 0;
     for (i, rgb) in frames.iter().enumerate() {
         let out = g.run_rgb8(rgb, 224, 224).unwrap();
-        let stats = response::analyze(out.response.view(), &ResponseConfig::default());
+        let mut stats = response::analyze(out.response.view(), &ResponseConfig::default());
+        stats.measure_texture(rgb, 224, 224);
         let probs = out.probs();
         let t = GrayThumb::new(rgb, 224, 224);
         let sample = budget::Sample {
@@ -115,6 +116,7 @@ fn cut_events(cut_threshold: Option<f64>, motion_scale: Option<f64>) -> (usize, 
             probs,
             entropy: stats.entropy,
             concentration: stats.concentration,
+            box_texture: stats.box_texture,
             pixel_change: prev.as_ref().map(|p| t.change(p)),
             vanish: None,
         };

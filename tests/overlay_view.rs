@@ -73,6 +73,7 @@ fn the_explain_view_keeps_the_camera_size_and_the_scene_and_colours_the_heat() {
         let scores = FrameScores {
             entropy: stats.entropy,
             concentration: stats.concentration,
+            patch: stats.concentration,
             kl: 0.0,
             onset: prev.as_ref().map_or(0.0, |q| jump(&probs, q)),
             vanish: 0.0,

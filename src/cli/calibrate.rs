@@ -145,6 +145,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     probs: f.probs.clone(),
                     entropy: f.entropy,
                     concentration: f.concentration,
+                    box_texture: f.box_texture,
                     pixel_change: f.pixel_change,
                     vanish: f.vanish,
                 })

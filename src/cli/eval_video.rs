@@ -43,6 +43,10 @@ pub struct Args {
     /// Do not discount onset jumps that the pixel change explains (the motion scale).
     #[arg(long)]
     pub no_motion_discount: bool,
+    /// Judge the patch signal on the concentration alone, without its texture gate (sessions
+    /// scored before the gate have no texture and are always judged so).
+    #[arg(long)]
+    pub no_texture_gate: bool,
     /// Patch PNG for the patch kinds (e.g. DIR/patch.png from `advguard attack --attack patch -o DIR`).
     #[arg(long)]
     pub patch: Option<PathBuf>,
@@ -131,6 +135,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     if args.no_motion_discount {
         detector.motion_scale = None;
+    }
+    if args.no_texture_gate {
+        detector.patch_texture = None;
     }
     let opts = RunOptions {
         manifest,

@@ -45,7 +45,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let out = guard
             .run_pixels(px.view())
             .with_context(|| format!("running {}", path.display()))?;
-        let stats = response::analyze(out.response.view(), &cfg);
+        let mut stats = response::analyze(out.response.view(), &cfg);
+        stats.measure_texture(img.as_raw(), img.width(), img.height());
         println!("{}", path.display());
         // A detector's frame result is read as boxes; its heat map is no class distribution.
         let dets = if detect::is_detector(&guard) {
@@ -72,6 +73,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "  mean local entropy S̄ = {:.4} bits ({} bins, {:?} gray); response concentration = {:.3} in box {:?}",
             stats.entropy, cfg.bins, cfg.gray, stats.concentration, stats.bbox
         );
+        if let Some(t) = stats.box_texture {
+            let floor = advguard::detector::fused::DEFAULT_PATCH_TEXTURE;
+            println!(
+                "  box texture = {t:.1} gray levels (patch signal's floor {floor:.0}): patch score = {:.3}",
+                stats.concentration * response::texture::gate(Some(t), Some(floor))
+            );
+        }
         if let Some(c) = comb.as_mut() {
             c.explain(px.view())?;
         }

@@ -43,10 +43,22 @@ pub struct Sample {
     pub entropy: f64,
     /// Response concentration.
     pub concentration: f64,
+    /// The frame's texture inside the concentration's box, gray levels (the patch signal's
+    /// gate); `None` where it was not measured.
+    pub box_texture: Option<f64>,
     /// Pixel change from the previous frame, gray levels.
     pub pixel_change: Option<f64>,
     /// A detector camera's vanishing track on this frame.
     pub vanish: Option<Vanished>,
+}
+
+impl Sample {
+    /// The response statistics it stores (no map, no box).
+    pub fn stats(&self) -> FrameStats {
+        let mut st = FrameStats::scalar(self.entropy, self.concentration);
+        st.box_texture = self.box_texture;
+        st
+    }
 }
 
 /// Per-frame scores of one signal on one session, as the detector computes them.
@@ -74,10 +86,7 @@ pub fn signal_series(
     session
         .iter()
         .map(|s| {
-            let o = d.observe(
-                &input(s, &FrameStats::scalar(s.entropy, s.concentration)),
-                &mut || (None, None),
-            );
+            let o = d.observe(&input(s, &s.stats()), &mut || (None, None));
             (kind.score(&o.scores), d.onset_confirm())
         })
         .unzip()
@@ -229,7 +238,7 @@ pub fn count_events(sessions: &[Vec<Sample>], cfg: &FusedConfig) -> u32 {
     for s in sessions {
         let mut d = FusedDetector::new("calibration", "", cfg.clone());
         for f in s {
-            let st = FrameStats::scalar(f.entropy, f.concentration);
+            let st = f.stats();
             let o = d.observe(&input(f, &st), &mut || (None, None));
             n += o.events.iter().filter(|e| e.phase == Phase::Start).count() as u32;
         }
@@ -277,6 +286,13 @@ pub fn calibrate(sessions: &[Vec<Sample>], base: &FusedConfig, budget: f64) -> B
                 "onset: motion scale {m:.2} gray levels (median pixel change of the clean frames)"
             ));
         }
+    }
+    if let Some(t) = cfg.patch_texture
+        && cfg.signals.iter().any(|(k, _)| *k == SignalKind::Patch)
+    {
+        notes.push(format!(
+            "patch: texture floor {t:.1} gray levels (a box smoother than that scales the concentration down)"
+        ));
     }
     let base = &cfg.clone();
     let mut signals = BTreeMap::new();
@@ -340,6 +356,7 @@ pub fn calibrate(sessions: &[Vec<Sample>], base: &FusedConfig, budget: f64) -> B
             reference_frames: cfg.reference_frames,
             cut_threshold: cfg.cut_threshold,
             motion_scale: cfg.motion_scale,
+            patch_texture: cfg.patch_texture,
             signals,
         },
         config: cfg,
@@ -405,6 +422,7 @@ mod tests {
                 },
                 entropy: 1.0,
                 concentration: 0.1,
+                box_texture: None,
                 pixel_change: Some(1.0),
                 vanish: None,
             })

@@ -18,6 +18,8 @@ pub struct CleanFrame {
     pub entropy: f64,
     /// Response concentration.
     pub concentration: f64,
+    /// The frame's texture inside the concentration's box, gray levels.
+    pub box_texture: Option<f64>,
     /// A detector camera's vanishing track on this frame.
     pub vanish: Option<super::vanish::Vanished>,
 }
@@ -214,6 +216,7 @@ mod tests {
             probs: p.to_vec(),
             entropy: 1.0,
             concentration: 0.2,
+            box_texture: None,
             vanish: None,
         }
     }

@@ -193,6 +193,7 @@ impl CameraDetector {
         let scores = FrameScores {
             entropy: f.stats.entropy,
             concentration: f.stats.concentration,
+            patch: f.stats.concentration,
             kl,
             onset,
             vanish: f.vanish.map_or(0.0, |v| v.score),
@@ -274,6 +275,7 @@ mod tests {
             concentration: 0.1,
             bbox: [0, 0, 56, 56],
             gray: Array2::zeros((1, 1)),
+            box_texture: None,
         }
     }
 

@@ -4,7 +4,8 @@
 //! - `onset`: the jump of the class distribution against its recent past, confirmed by the
 //!   frames after it (imperceptible attacks that start while the camera watches);
 //! - `patch`: the response concentration with its box, k of n (patches, including one present
-//!   from the camera's first frame);
+//!   from the camera's first frame), scaled down where the frame is smooth inside the box
+//!   ([`crate::response::texture`]: a plain object on a plain background is not a print);
 //! - `entropy`: the paper's S̄, k of n (off unless calibrated: it does not detect on our models);
 //! - `vanish`: on a detector camera, a tracked person lost while the pixels where they stood
 //!   barely change ([`super::vanish`]): the person-hiding patch. It reads the detections, which
@@ -37,6 +38,7 @@ use super::rule::{Rule, RuleConfig, Transition};
 use super::score::{FrameScores, jump, kl_divergence};
 use super::tracker::{EventTracker, FrameFacts, Media};
 use crate::engine::manifest::ModelKind;
+use crate::response::texture;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::fmt;
@@ -49,6 +51,12 @@ pub const DEFAULT_CUT_THRESHOLD: f64 = 30.0;
 /// Default motion scale of an uncalibrated camera, gray levels: about the median clean change
 /// of the three eval-video clips' calibration parts (0.25–0.47). `calibrate` measures it.
 pub const DEFAULT_MOTION_SCALE: f64 = 0.5;
+/// Default texture floor of the patch signal, gray levels ([`texture::box_texture`]): below it
+/// the concentration is scaled down by texture / floor. Fitted on `dev` photos only: the
+/// smallest box texture where the concentration box lies on a trained 5 % patch pasted as
+/// eval-video pastes it (11.2 / 13.6 / 12.8 on SqueezeNet / MobileNetV2 / EfficientNet-Lite0,
+/// dev files 101–250; `cargo run --release --example patch_texture`), rounded down.
+pub const DEFAULT_PATCH_TEXTURE: f64 = 11.0;
 
 /// The motion discount of an onset jump: 1 up to `scale`, then `scale / change`.
 pub fn motion_discount(change: Option<f64>, scale: Option<f64>) -> f64 {
@@ -106,7 +114,7 @@ impl SignalKind {
     pub fn score(self, s: &FrameScores) -> f64 {
         match self {
             SignalKind::Onset => s.onset,
-            SignalKind::Patch => s.concentration,
+            SignalKind::Patch => s.patch,
             SignalKind::Entropy => s.entropy,
             SignalKind::Vanish => s.vanish,
         }
@@ -208,6 +216,9 @@ pub struct FusedConfig {
     /// The camera's usual pixel change, gray levels (see the module docs; `None`: onset jumps
     /// are not discounted by motion).
     pub motion_scale: Option<f64>,
+    /// The patch signal's texture floor, gray levels (see [`DEFAULT_PATCH_TEXTURE`]; `None`:
+    /// the concentration alone).
+    pub patch_texture: Option<f64>,
     /// Longest event, stream ms (0 = no limit): past it the event ends as a lasting change.
     pub max_event_ms: u64,
     /// Spacing of `update` messages, stream ms.
@@ -228,6 +239,7 @@ impl Default for FusedConfig {
             merge_ms: DEFAULT_MERGE_MS,
             cut_threshold: Some(DEFAULT_CUT_THRESHOLD),
             motion_scale: Some(DEFAULT_MOTION_SCALE),
+            patch_texture: Some(DEFAULT_PATCH_TEXTURE),
             max_event_ms: 300_000,
             update_interval_ms: 5_000,
             source: "default",
@@ -254,6 +266,7 @@ impl FusedConfig {
             c.reference_frames = f.reference_frames;
             c.cut_threshold = f.cut_threshold;
             c.motion_scale = f.motion_scale;
+            c.patch_texture = f.patch_texture;
             c.source = "profile";
             return c;
         }
@@ -618,6 +631,8 @@ impl FusedDetector {
         let scores = FrameScores {
             entropy: f.stats.entropy,
             concentration: f.stats.concentration,
+            patch: f.stats.concentration
+                * texture::gate(f.stats.box_texture, self.cfg.patch_texture),
             kl,
             onset: match self.cfg.reference {
                 OnsetReference::Previous => prev_jump,
@@ -915,6 +930,7 @@ mod tests {
             concentration: c,
             bbox: [10, 10, 56, 56],
             gray: Array2::zeros((1, 1)),
+            box_texture: None,
         }
     }
 
@@ -1169,5 +1185,40 @@ mod tests {
         assert_eq!(starts[0].start_pts_ms, 0);
         assert_eq!(starts[0].bbox, Some([10, 10, 56, 56]));
         assert_eq!(starts[0].signals[0].signal, "patch");
+    }
+    /// A smooth object that draws the response (one bottle on a plain table) is not a
+    /// patch: the texture gate keeps its concentration under the bar, while a textured box of
+    /// the same concentration still fires; without the gate the smooth box fires too.
+    #[test]
+    fn the_texture_gate_stops_a_smooth_box_but_not_a_printed_patch() {
+        let events = |texture: f64, cfg: FusedConfig| {
+            let mut d = FusedDetector::new("cam", "m", cfg);
+            let mut n = 0;
+            for i in 0..30usize {
+                let mut st = stats(0.9);
+                st.box_texture = Some(texture);
+                let p = flicker(i);
+                let input = FrameInput {
+                    pts_ms: i as u64 * 100,
+                    probs: &p,
+                    stats: &st,
+                    top1: guess(),
+                    bbox: Some(st.bbox),
+                    pixel_change: Some(1.0),
+                    vanish: None,
+                    fresh: true,
+                };
+                let o = d.observe(&input, &mut || (None, None));
+                n += o.events.iter().filter(|e| e.phase == Phase::Start).count();
+            }
+            n
+        };
+        assert_eq!(events(3.0, FusedConfig::default()), 0);
+        assert_eq!(events(30.0, FusedConfig::default()), 1);
+        let off = FusedConfig {
+            patch_texture: None,
+            ..FusedConfig::default()
+        };
+        assert_eq!(events(3.0, off), 1);
     }
 }

@@ -157,6 +157,10 @@ pub struct FusedProfile {
     /// profiles calibrated before it existed, whose thresholds were set without it.
     #[serde(default)]
     pub motion_scale: Option<f64>,
+    /// The patch signal's texture floor, gray levels; absent in profiles calibrated before
+    /// the gate existed (their patch threshold was set on the bare concentration).
+    #[serde(default)]
+    pub patch_texture: Option<f64>,
     /// Per signal.
     pub signals: BTreeMap<SignalKind, SignalProfile>,
 }

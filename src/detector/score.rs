@@ -13,6 +13,9 @@ pub struct FrameScores {
     pub entropy: f64,
     /// Share of Σ|response| in the best window, 0–1.
     pub concentration: f64,
+    /// The fused detector's patch score: the concentration scaled by the texture gate
+    /// ([`crate::response::texture::gate`]); the concentration itself where no gate runs.
+    pub patch: f64,
     /// KL(p_t ‖ p_{t−1}), nats (0 for a camera's first frame).
     pub kl: f64,
     /// Symmetric KL between p_t and p_{t−1}, nats: the onset (jump) score; 0 on the first frame.

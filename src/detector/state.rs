@@ -113,6 +113,7 @@ impl CameraState for ScoresOnly {
         let scores = FrameScores {
             entropy: f.stats.entropy,
             concentration: f.stats.concentration,
+            patch: f.stats.concentration,
             kl,
             onset,
             vanish: f.vanish.map_or(0.0, |v| v.score),
@@ -185,6 +186,7 @@ mod tests {
             concentration: 0.3,
             bbox: [0, 0, 4, 4],
             gray: Array2::zeros((1, 1)),
+            box_texture: None,
         };
         let mut det_events = 0;
         for i in 0..20u64 {

@@ -21,6 +21,8 @@ pub const PAPER: &str = "S̄ guided last-conv signed/16";
 pub const CONCENTRATION: &str = "concentration guided last-conv";
 /// The multi-scale region statistic (largest excess of mass share over area share).
 pub const MULTISCALE: &str = "multi-scale concentration guided last-conv";
+/// The patch signal of the fused detector: the concentration scaled by its box's texture gate.
+pub const GATED: &str = "concentration × texture gate guided last-conv";
 /// Block size of the block-max entropy statistic, map pixels.
 pub const BLOCK: usize = 32;
 /// Window sides of the multi-scale concentration on a 224 map: squares of 2 % to 20 % of the
@@ -140,6 +142,7 @@ impl Scorer {
             1.0 - (p[top[0]] - p[top[1]]) as f64,
         );
         entropy_variants(&mut s, "guided last-conv", &g.response, true);
+        texture_gated(&mut s, px);
         if let Some(fwd) = self.forward.as_mut() {
             let r = g.response.view();
             super::combiner::insert_features(&mut s, px, &p, r, &mut self.guided, fwd)?;
@@ -150,6 +153,24 @@ impl Scorer {
         entropy_variants(&mut s, "plain last-conv", &pl.response, false);
         Ok(s)
     }
+}
+
+/// The fused detector's patch score on a photo (`px`, H×W×3 at the map's size): the
+/// concentration times the texture gate of its box at the default floor.
+fn texture_gated(s: &mut Scores, px: ArrayView3<f32>) {
+    let (Some(&c), Some(&bbox)) = (s.values.get(CONCENTRATION), s.boxes.get(CONCENTRATION)) else {
+        return;
+    };
+    let (h, w, _) = px.dim();
+    let rgb: Vec<u8> = px
+        .iter()
+        .map(|v| v.round().clamp(0.0, 255.0) as u8)
+        .collect();
+    let t = response::texture::box_texture(&rgb, w as u32, h as u32, bbox, (w as u32, h as u32));
+    let floor = Some(crate::detector::fused::DEFAULT_PATCH_TEXTURE);
+    s.values
+        .insert(GATED.into(), c * response::texture::gate(t, floor));
+    s.boxes.insert(GATED.into(), bbox);
 }
 
 /// S̄ variants, concentration and block-max entropy of one response, named with `tag`.

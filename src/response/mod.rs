@@ -4,6 +4,7 @@ pub mod entropy;
 pub mod gray;
 pub mod region;
 pub mod squeeze;
+pub mod texture;
 
 use ndarray::{Array2, ArrayView3};
 use serde::{Deserialize, Serialize};
@@ -43,6 +44,9 @@ pub struct FrameStats {
     pub bbox: [u32; 4],
     /// The gray map (H×W, 0–1) the entropy was computed on.
     pub gray: Array2<f32>,
+    /// The frame's texture inside `bbox`, gray levels ([`texture::box_texture`]); `None` until
+    /// [`FrameStats::measure_texture`] sees the frame (and in scores replayed without it).
+    pub box_texture: Option<f64>,
 }
 
 impl FrameStats {
@@ -53,7 +57,15 @@ impl FrameStats {
             concentration,
             bbox: [0; 4],
             gray: Array2::zeros((0, 0)),
+            box_texture: None,
         }
+    }
+
+    /// Measures the texture of the frame (w×h RGB8, the one the response was computed on)
+    /// inside the response's box.
+    pub fn measure_texture(&mut self, rgb: &[u8], w: u32, h: u32) {
+        let (mh, mw) = self.gray.dim();
+        self.box_texture = texture::box_texture(rgb, w, h, self.bbox, (mw as u32, mh as u32));
     }
 }
 
@@ -77,6 +89,7 @@ pub fn analyze_with_magnitude(
         concentration,
         bbox,
         gray,
+        box_texture: None,
     };
     (stats, mag)
 }

@@ -146,7 +146,9 @@ impl CameraPipeline {
         }
         let fresh = guard_ms.is_some();
         if fresh {
-            self.last_response = Some(response::analyze_with_magnitude(out.response.view(), cfg));
+            let (mut stats, mag) = response::analyze_with_magnitude(out.response.view(), cfg);
+            stats.measure_texture(&rgb, w, h);
+            self.last_response = Some((stats, mag));
         }
         let Some((stats, magnitude)) = self.last_response.as_ref() else {
             anyhow::bail!("no guard frame yet (the cascade guards a camera's first frame)");

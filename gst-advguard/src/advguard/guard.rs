@@ -291,7 +291,8 @@ impl Scorer {
         let out = self.guard.run_rgb8(&rgb, s, s).map_err(|e| e.to_string())?;
         let probs = out.probs();
         let k = top_k(&probs, 1).first().copied().unwrap_or(0);
-        let stats = response::analyze(out.response.view(), &self.response);
+        let mut stats = response::analyze(out.response.view(), &self.response);
+        stats.measure_texture(&rgb, s, s);
         let top1 = ClassGuess {
             index: k,
             label: self.guard.labels().get(k).cloned().unwrap_or_default(),

@@ -10,7 +10,6 @@ use crate::detector::event::{Event, Phase};
 use crate::detector::fused::{FusedConfig, FusedDetector};
 use crate::detector::state::CameraState;
 use crate::eval::table::Table;
-use crate::response::FrameStats;
 use plotters::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,6 +24,7 @@ pub fn samples(s: &SessionRec) -> Vec<Sample> {
             probs: p.clone(),
             entropy: f.entropy,
             concentration: f.concentration,
+            box_texture: f.box_texture,
             pixel_change: Some(f.pixel_change),
             // Sessions of classifiers: no tracked objects.
             vanish: None,
@@ -61,7 +61,7 @@ pub fn replay_cascade(
     let mut cascade = Cascade::new(every, d.response_need(), 1);
     let mut events = Vec::new();
     let mut trace = Vec::new();
-    let mut last: Option<(f64, f64, [u32; 4])> = None;
+    let mut last: Option<(f64, f64, [u32; 4], Option<f64>)> = None;
     for (i, (f, p)) in s.frames.iter().zip(&s.probs).enumerate() {
         let watching = d.wants_response();
         let (guarded, forwarded) = match cascade.plan(i as u64, f.pts_ms, watching) {
@@ -71,19 +71,21 @@ pub fn replay_cascade(
         // Costs are not replayed: a fixed k needs none.
         cascade.record(p, guarded.then_some(0.0), forwarded.then_some(0.0));
         if guarded || last.is_none() {
-            last = Some((f.entropy, f.concentration, f.bbox));
+            last = Some((f.entropy, f.concentration, f.bbox, f.box_texture));
         }
-        let (entropy, concentration, bbox) = last.unwrap_or((f.entropy, f.concentration, f.bbox));
-        let mut st = FrameStats::scalar(entropy, concentration);
-        st.bbox = bbox;
+        let (entropy, concentration, bbox, box_texture) =
+            last.unwrap_or((f.entropy, f.concentration, f.bbox, f.box_texture));
         let sample = Sample {
             pts_ms: f.pts_ms,
             probs: p.clone(),
             entropy,
             concentration,
+            box_texture,
             pixel_change: Some(f.pixel_change),
             vanish: None,
         };
+        let mut st = sample.stats();
+        st.bbox = bbox;
         let mut input = budget::input(&sample, &st);
         input.bbox = Some(bbox);
         input.fresh = guarded;

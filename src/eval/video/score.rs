@@ -23,6 +23,10 @@ pub struct FrameRec {
     pub concentration: f64,
     /// Its box, frame pixels.
     pub bbox: [u32; 4],
+    /// The frame's texture inside it, gray levels (absent in sessions scored before the
+    /// patch signal's texture gate: they are judged on the concentration alone).
+    #[serde(default)]
+    pub box_texture: Option<f64>,
     /// Pixel change from the previous frame, gray levels.
     pub pixel_change: f64,
     /// Top-1 class.
@@ -178,12 +182,14 @@ impl Scorer {
             prev = Some(thumb);
             let out = self.guard.run_rgb8(&rgb, size, size)?;
             let p = out.probs();
-            let stats = response::analyze(out.response.view(), &self.response);
+            let mut stats = response::analyze(out.response.view(), &self.response);
+            stats.measure_texture(&rgb, size, size);
             frames.push(FrameRec {
                 pts_ms: t,
                 entropy: stats.entropy,
                 concentration: stats.concentration,
                 bbox: stats.bbox,
+                box_texture: stats.box_texture,
                 pixel_change,
                 top1: top_k(&p, 1).first().copied().unwrap_or(0),
                 attacked,

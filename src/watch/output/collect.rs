@@ -23,6 +23,7 @@ impl FrameOutput for CollectOutput {
             probs: f.probs.to_vec(),
             entropy: f.stats.entropy,
             concentration: f.stats.concentration,
+            box_texture: f.stats.box_texture,
             vanish: f.vanish,
         });
         Ok(())
