@@ -202,7 +202,7 @@ pub(super) fn prepare(
     }
     run_jobs(&mut p, first, pa, &cache, &labels, opener, jobs)?;
     let stat = format!(
-        "concentration guided {}",
+        "concentration × texture gate guided {}",
         seed_name(&pa.patch_adaptive_seed)
     );
     let adaptive: Vec<Job> = second
@@ -289,7 +289,7 @@ fn run_jobs(
                     )?;
                     let window = advguard::response::ResponseConfig::default().window;
                     let mut stat = |x: ndarray::ArrayView3<f32>| {
-                        ep::concentration(&mut guard, x, window).map_err(AttackError::from)
+                        ep::patch_score(&mut guard, x, window).map_err(AttackError::from)
                     };
                     let mut start = (**init).clone();
                     start.config = j.key.config.clone();

@@ -162,14 +162,9 @@ fn texture_gated(s: &mut Scores, px: ArrayView3<f32>) {
         return;
     };
     let (h, w, _) = px.dim();
-    let rgb: Vec<u8> = px
-        .iter()
-        .map(|v| v.round().clamp(0.0, 255.0) as u8)
-        .collect();
-    let t = response::texture::box_texture(&rgb, w as u32, h as u32, bbox, (w as u32, h as u32));
     let floor = Some(crate::detector::fused::DEFAULT_PATCH_TEXTURE);
-    s.values
-        .insert(GATED.into(), c * response::texture::gate(t, floor));
+    let score = response::texture::gated_score(c, px, bbox, (w as u32, h as u32), floor);
+    s.values.insert(GATED.into(), score);
     s.boxes.insert(GATED.into(), bbox);
 }
 

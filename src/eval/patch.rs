@@ -44,16 +44,26 @@ pub fn is_pasted(name: &str) -> bool {
     name.starts_with("patch") || is_sticker(name)
 }
 
-/// Share of Σ|response| in the best `window`² box of one image: the statistic the adaptive
-/// attacker is given (one guard call).
-pub fn concentration(
+/// The fused detector's patch score of one image (H×W×3 at the model's size): the share of
+/// Σ|response| in the best `window`² box times the texture gate of that box at the default
+/// floor. The statistic the adaptive attacker is given (one guard call), so it may lower the
+/// concentration or smooth the box.
+pub fn patch_score(
     guard: &mut Guard,
     px: ArrayView3<f32>,
     window: usize,
 ) -> Result<f64, crate::engine::GuardError> {
     let out = guard.run_pixels(px)?;
     let mag = gray::magnitude(out.response.view());
-    Ok(region::best_window_share(mag.view(), window).0)
+    let (c, bbox) = region::best_window_share(mag.view(), window);
+    let (mh, mw) = mag.dim();
+    Ok(crate::response::texture::gated_score(
+        c,
+        px,
+        bbox,
+        (mw as u32, mh as u32),
+        Some(crate::detector::fused::DEFAULT_PATCH_TEXTURE),
+    ))
 }
 
 /// One cell of the patch table.

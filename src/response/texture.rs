@@ -56,6 +56,23 @@ pub fn gate(texture: Option<f64>, floor: Option<f64>) -> f64 {
     }
 }
 
+/// The patch score of a concentration on an H×W×3 float image (0–255, as the eval harness
+/// holds photos): the concentration times the gate of its box's texture at `floor`.
+pub fn gated_score(
+    concentration: f64,
+    px: ndarray::ArrayView3<f32>,
+    bbox: [u32; 4],
+    map: (u32, u32),
+    floor: Option<f64>,
+) -> f64 {
+    let (h, w, _) = px.dim();
+    let rgb: Vec<u8> = px
+        .iter()
+        .map(|v| v.round().clamp(0.0, 255.0) as u8)
+        .collect();
+    concentration * gate(box_texture(&rgb, w as u32, h as u32, bbox, map), floor)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
