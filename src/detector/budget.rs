@@ -291,7 +291,7 @@ pub fn calibrate(sessions: &[Vec<Sample>], base: &FusedConfig, budget: f64) -> B
         && cfg.signals.iter().any(|(k, _)| *k == SignalKind::Patch)
     {
         notes.push(format!(
-            "patch: texture floor {t:.1} gray levels (a box smoother than that scales the concentration down)"
+            "patch: texture floor {t:.1} gray levels (a box smoother than that cannot fire the patch signal)"
         ));
     }
     let base = &cfg.clone();

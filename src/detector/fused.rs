@@ -4,7 +4,7 @@
 //! - `onset`: the jump of the class distribution against its recent past, confirmed by the
 //!   frames after it (imperceptible attacks that start while the camera watches);
 //! - `patch`: the response concentration with its box, k of n (patches, including one present
-//!   from the camera's first frame), scaled down where the frame is smooth inside the box
+//!   from the camera's first frame), vetoed where the frame is smooth inside the box
 //!   ([`crate::response::texture`]: a plain object on a plain background is not a print);
 //! - `entropy`: the paper's S̄, k of n (off unless calibrated: it does not detect on our models);
 //! - `vanish`: on a detector camera, a tracked person lost while the pixels where they stood
@@ -51,8 +51,8 @@ pub const DEFAULT_CUT_THRESHOLD: f64 = 30.0;
 /// Default motion scale of an uncalibrated camera, gray levels: about the median clean change
 /// of the three eval-video clips' calibration parts (0.25–0.47). `calibrate` measures it.
 pub const DEFAULT_MOTION_SCALE: f64 = 0.5;
-/// Default texture floor of the patch signal, gray levels ([`texture::box_texture`]): below it
-/// the concentration is scaled down by texture / floor. Fitted on `dev` photos only: the
+/// Default texture floor of the patch signal, gray levels ([`texture::box_texture`]): a box
+/// smoother than it cannot fire the patch signal. Fitted on `dev` photos only: the
 /// smallest box texture where the concentration box lies on a trained 5 % patch pasted as
 /// eval-video pastes it (11.2 / 13.6 / 12.8 on SqueezeNet / MobileNetV2 / EfficientNet-Lite0,
 /// dev files 101–250; `cargo run --release --example patch_texture`), rounded down.
