@@ -3,7 +3,7 @@
 
 use super::Part;
 use super::attacks::{StretchKind, iou};
-use super::score::SessionRec;
+use super::score::{FrameRec, SessionRec};
 use crate::detector::budget::{self, Sample};
 use crate::detector::cascade::{Cascade, CascadeCounts, GuardEvery, Plan};
 use crate::detector::event::{Event, Phase};
@@ -61,7 +61,8 @@ pub fn replay_cascade(
     let mut cascade = Cascade::new(every, d.response_need(), 1);
     let mut events = Vec::new();
     let mut trace = Vec::new();
-    let mut last: Option<(f64, f64, [u32; 4], Option<f64>)> = None;
+    // The last guarded frame: its response statistics hold on the cascade's forward-only ones.
+    let mut last: Option<&FrameRec> = None;
     for (i, (f, p)) in s.frames.iter().zip(&s.probs).enumerate() {
         let watching = d.wants_response();
         let (guarded, forwarded) = match cascade.plan(i as u64, f.pts_ms, watching) {
@@ -71,23 +72,22 @@ pub fn replay_cascade(
         // Costs are not replayed: a fixed k needs none.
         cascade.record(p, guarded.then_some(0.0), forwarded.then_some(0.0));
         if guarded || last.is_none() {
-            last = Some((f.entropy, f.concentration, f.bbox, f.box_texture));
+            last = Some(f);
         }
-        let (entropy, concentration, bbox, box_texture) =
-            last.unwrap_or((f.entropy, f.concentration, f.bbox, f.box_texture));
+        let g = last.unwrap_or(f);
         let sample = Sample {
             pts_ms: f.pts_ms,
             probs: p.clone(),
-            entropy,
-            concentration,
-            box_texture,
+            entropy: g.entropy,
+            concentration: g.concentration,
+            box_texture: g.box_texture,
             pixel_change: Some(f.pixel_change),
             vanish: None,
         };
         let mut st = sample.stats();
-        st.bbox = bbox;
+        st.bbox = g.bbox;
         let mut input = budget::input(&sample, &st);
-        input.bbox = Some(bbox);
+        input.bbox = Some(g.bbox);
         input.fresh = guarded;
         let o = d.observe(&input, &mut || (None, None));
         let ratios = cfg
